@@ -1,0 +1,35 @@
+"""The carepulse web service: app factory, webhooks, transports, CLI and scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from bot.config import load_settings
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app from the environment, with `test_config` taking precedence.
+
+    Raises `bot.config.ConfigError` naming the setting when one is missing or malformed.
+    """
+    settings = load_settings(test_config)
+    app = Flask(__name__, instance_path=str(settings.instance_path))
+    app.config.from_mapping(
+        SECRET_KEY=settings.secret_key,
+        CAREPULSE=settings,
+        TESTING=bool((test_config or {}).get("TESTING", False)),
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+
+    from bot import db, devtools, health, overview, survey_links
+
+    db.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(overview.bp)
+    app.register_blueprint(survey_links.bp)
+    if settings.sms_transport == "dev-phone" or settings.email_transport == "dev-mailbox":
+        app.register_blueprint(devtools.bp)
+    return app

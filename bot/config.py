@@ -1,0 +1,227 @@
+"""All configuration, read from the environment in this one place.
+
+Every setting named in the design's stable surface is parsed and checked here, at start-up,
+so that a missing or malformed value stops the service with a message naming it instead
+of failing later in the middle of a send.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the setting and the reason."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    """Credentials and sender for the Twilio Messages API."""
+
+    account_sid: str
+    auth_token: str
+    from_number: str | None
+    messaging_service_sid: str | None
+    api_base_url: str | None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """An SMTP relay for outgoing email."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    starttls: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The parsed configuration. `twilio`/`smtp` are None on the embedded defaults."""
+
+    database_url: str
+    public_base_url: str
+    secret_key: str
+    timezone: str
+    mail_from: str
+    instance_path: Path
+    twilio: TwilioSettings | None = None
+    smtp: SmtpSettings | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sms_transport(self) -> str:
+        """`twilio` when credentials are set, otherwise the in-app development phone."""
+        return "twilio" if self.twilio else "dev-phone"
+
+    @property
+    def email_transport(self) -> str:
+        """`smtp` when a relay is set, otherwise the in-app development mailbox."""
+        return "smtp" if self.smtp else "dev-mailbox"
+
+
+def _get(env: Mapping[str, Any], name: str) -> str | None:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}={value!r} is not an http(s) URL such as https://example.org")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}={value!r} must not have a query string or fragment")
+    return value.rstrip("/")
+
+
+def _database_url(value: str) -> str:
+    # Heroku-style URLs say postgres://, which SQLAlchemy 2 no longer accepts.
+    if value.startswith("postgres://"):
+        value = "postgresql+psycopg://" + value[len("postgres://") :]
+    elif value.startswith("postgresql://"):
+        value = "postgresql+psycopg://" + value[len("postgresql://") :]
+    try:
+        backend = make_url(value).get_backend_name()
+    except ArgumentError as exc:
+        raise ConfigError(f"DATABASE_URL is not a database URL: {exc}") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"DATABASE_URL uses {backend!r}; use sqlite or postgresql")
+    return value
+
+
+def _bool(name: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (use true or false)")
+
+
+def _twilio(env: Mapping[str, Any]) -> TwilioSettings | None:
+    sid, token = _get(env, "TWILIO_ACCOUNT_SID"), _get(env, "TWILIO_AUTH_TOKEN")
+    sender, service = _get(env, "TWILIO_FROM_NUMBER"), _get(env, "TWILIO_MESSAGING_SERVICE_SID")
+    if not any((sid, token, sender, service)):
+        return None
+    if not sid:
+        raise ConfigError("TWILIO_ACCOUNT_SID is missing (other TWILIO_* settings are set)")
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID must be 'AC' followed by 32 hexadecimal digits")
+    if not token:
+        raise ConfigError("TWILIO_AUTH_TOKEN is missing (TWILIO_ACCOUNT_SID is set)")
+    if not sender and not service:
+        raise ConfigError("set TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID to send SMS")
+    if sender:
+        try:
+            parsed = phonenumbers.parse(sender, None)
+            valid = phonenumbers.is_valid_number(parsed)
+        except phonenumbers.NumberParseException:
+            valid = False
+        if not valid or not sender.startswith("+"):
+            raise ConfigError(f"TWILIO_FROM_NUMBER={sender!r} is not an E.164 number (+44...)")
+    if service and not re.fullmatch(r"MG[0-9a-fA-F]{32}", service):
+        raise ConfigError("TWILIO_MESSAGING_SERVICE_SID must be 'MG' followed by 32 hex digits")
+    base = _get(env, "TWILIO_API_BASE_URL")
+    return TwilioSettings(
+        account_sid=sid,
+        auth_token=token,
+        from_number=sender,
+        messaging_service_sid=service,
+        api_base_url=_url("TWILIO_API_BASE_URL", base) if base else None,
+    )
+
+
+def _smtp(env: Mapping[str, Any]) -> SmtpSettings | None:
+    host = _get(env, "SMTP_HOST")
+    if not host:
+        for name in ("SMTP_PORT", "SMTP_USERNAME", "SMTP_PASSWORD"):
+            if _get(env, name):
+                raise ConfigError(f"{name} is set but SMTP_HOST is missing")
+        return None
+    port_text = _get(env, "SMTP_PORT") or "587"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"SMTP_PORT={port_text!r} is not a port number (1-65535)")
+    username, password = _get(env, "SMTP_USERNAME"), _get(env, "SMTP_PASSWORD")
+    if bool(username) != bool(password):
+        raise ConfigError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+    starttls = _get(env, "SMTP_STARTTLS")
+    return SmtpSettings(
+        host=host,
+        port=int(port_text),
+        username=username,
+        password=password,
+        starttls=_bool("SMTP_STARTTLS", starttls) if starttls else int(port_text) == 587,
+    )
+
+
+def _secret_key(env: Mapping[str, Any], instance_path: Path, production: bool) -> str:
+    key = _get(env, "SECRET_KEY")
+    if key:
+        if len(key) < 16:
+            raise ConfigError("SECRET_KEY is too short: use at least 16 random characters")
+        return key
+    if production:
+        raise ConfigError("SECRET_KEY is missing; it is required once Twilio or SMTP is set")
+    # Embedded defaults: a key kept in the instance folder so sessions survive restarts.
+    path = instance_path / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read and check every setting; `overrides` (e.g. a test config) win over the environment."""
+    env: dict[str, Any] = dict(os.environ)
+    env.update(overrides or {})
+    instance_path = Path(_get(env, "INSTANCE_PATH") or Path.cwd() / "instance").resolve()
+    tz = _get(env, "TIMEZONE") or "Europe/London"
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"TIMEZONE={tz!r} is not an IANA zone like Europe/London") from None
+    twilio, smtp = _twilio(env), _smtp(env)
+    port = _get(env, "PORT") or "5000"
+    base = _url("PUBLIC_BASE_URL", _get(env, "PUBLIC_BASE_URL") or f"http://127.0.0.1:{port}")
+    mail_from = _get(env, "MAIL_FROM")
+    if smtp and not mail_from:
+        raise ConfigError("MAIL_FROM is missing; it is required when SMTP_HOST is set")
+    mail_from = mail_from or "carepulse@localhost"
+    try:
+        validate_email(mail_from, check_deliverability=False, test_environment=True)
+    except EmailNotValidError as exc:
+        raise ConfigError(f"MAIL_FROM={mail_from!r} is not an email address: {exc}") from None
+    default_db = f"sqlite:///{instance_path / 'carepulse.sqlite3'}"
+    return Settings(
+        database_url=_database_url(_get(env, "DATABASE_URL") or default_db),
+        public_base_url=base,
+        secret_key=_secret_key(env, instance_path, production=bool(twilio or smtp)),
+        timezone=tz,
+        mail_from=mail_from,
+        instance_path=instance_path,
+        twilio=twilio,
+        smtp=smtp,
+    )

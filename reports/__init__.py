@@ -1,0 +1,1 @@
+"""Evaluator analytics on stored answers: response rates and pre/post change."""

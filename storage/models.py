@@ -1,0 +1,434 @@
+"""Typed SQLAlchemy 2 models for carepulse.
+
+Uniqueness rules that protect the evaluation (one invitation per person, instrument,
+wave and subject; one answer per item per response; one row per provider message id)
+are enforced by the database itself, so that no code path, however buggy or concurrent,
+can store a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from storage.vocabulary import (
+    CHANNELS,
+    INVITATION_STATUSES,
+    RATER_RELATIONS,
+    ROLES,
+    STAFF_ROLES,
+    WAVE_KINDS,
+)
+
+__all__ = [
+    "CHANNELS",
+    "INVITATION_STATUSES",
+    "RATER_RELATIONS",
+    "ROLES",
+    "STAFF_ROLES",
+    "WAVE_KINDS",
+]
+
+# Stable constraint names so Alembic migrations are identical on SQLite and PostgreSQL.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    """The current time as an aware UTC datetime."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stores aware datetimes as UTC; returns aware UTC datetimes on every backend.
+
+    SQLite has no time zones, so without this a value read back would be naive and
+    comparisons with aware datetimes would fail or, worse, silently shift by an hour.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; attach a time zone")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the shared naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Programme(Base):
+    """An improvement programme: the unit a programme lead runs and an evaluator reports on."""
+
+    __tablename__ = "programmes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="Europe/London")
+    anonymity_threshold: Mapped[int] = mapped_column(Integer, default=5)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    cohorts: Mapped[list[Cohort]] = relationship(back_populates="programme", order_by="Cohort.id")
+
+    __table_args__ = (CheckConstraint("anonymity_threshold >= 1", name="threshold_positive"),)
+
+
+class CareHome(Base):
+    """A care home, identified by its name key and optionally its CQC location id."""
+
+    __tablename__ = "care_homes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cqc_location_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    local_authority: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    people: Mapped[list[Person]] = relationship(back_populates="care_home")
+
+
+class Cohort(Base):
+    """Managers (and their homes) who start a programme together."""
+
+    __tablename__ = "cohorts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    programme_id: Mapped[int] = mapped_column(ForeignKey("programmes.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    starts_on: Mapped[dt.date | None] = mapped_column(Date)
+
+    programme: Mapped[Programme] = relationship(back_populates="cohorts")
+    homes: Mapped[list[CareHome]] = relationship(secondary="cohort_homes", order_by="CareHome.name")
+    waves: Mapped[list[Wave]] = relationship(back_populates="cohort", order_by="Wave.opens_at")
+
+    __table_args__ = (UniqueConstraint("programme_id", "key"),)
+
+
+class CohortHome(Base):
+    """A care home taking part in a cohort."""
+
+    __tablename__ = "cohort_homes"
+
+    cohort_id: Mapped[int] = mapped_column(
+        ForeignKey("cohorts.id", ondelete="CASCADE"), primary_key=True
+    )
+    care_home_id: Mapped[int] = mapped_column(
+        ForeignKey("care_homes.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class Person(Base):
+    """Someone on a roster. People who leave are marked with `active_to`, never deleted."""
+
+    __tablename__ = "people"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    external_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    given_name: Mapped[str] = mapped_column(String(100))
+    family_name: Mapped[str] = mapped_column(String(100), default="")
+    role: Mapped[str] = mapped_column(String(32))
+    care_home_id: Mapped[int] = mapped_column(ForeignKey("care_homes.id"))
+    mobile: Mapped[str | None] = mapped_column(String(20), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    active_from: Mapped[dt.date] = mapped_column(Date)
+    active_to: Mapped[dt.date | None] = mapped_column(Date)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    care_home: Mapped[CareHome] = relationship(back_populates="people")
+
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role_known"),)
+
+    @property
+    def full_name(self) -> str:
+        """Given and family name joined for display."""
+        return f"{self.given_name} {self.family_name}".strip()
+
+    def is_active_on(self, day: dt.date) -> bool:
+        """Whether the person is on the roster on `day`."""
+        return self.active_from <= day and (self.active_to is None or day < self.active_to)
+
+
+class Instrument(Base):
+    """A questionnaire, identified by a stable key; its wording lives in versions."""
+
+    __tablename__ = "instruments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(200))
+
+    versions: Mapped[list[InstrumentVersion]] = relationship(
+        back_populates="instrument", order_by="InstrumentVersion.version"
+    )
+
+
+class InstrumentVersion(Base):
+    """One immutable wording of an instrument. A change is a new version, never an edit."""
+
+    __tablename__ = "instrument_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instrument_id: Mapped[int] = mapped_column(ForeignKey("instruments.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    instrument: Mapped[Instrument] = relationship(back_populates="versions")
+
+    __table_args__ = (
+        UniqueConstraint("instrument_id", "version"),
+        UniqueConstraint("instrument_id", "content_hash"),
+    )
+
+
+class Wave(Base):
+    """One round of asking within a cohort, open between two instants."""
+
+    __tablename__ = "waves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cohort_id: Mapped[int] = mapped_column(ForeignKey("cohorts.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    opens_at: Mapped[dt.datetime] = mapped_column()
+    closes_at: Mapped[dt.datetime] = mapped_column()
+    reminders: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    opened_at: Mapped[dt.datetime | None] = mapped_column()
+
+    cohort: Mapped[Cohort] = relationship(back_populates="waves")
+    instruments: Mapped[list[WaveInstrument]] = relationship(
+        back_populates="wave", cascade="all, delete-orphan", order_by="WaveInstrument.id"
+    )
+
+    __table_args__ = (
+        UniqueConstraint("cohort_id", "key"),
+        CheckConstraint(_in("kind", WAVE_KINDS), name="kind_known"),
+        CheckConstraint("closes_at > opens_at", name="closes_after_opening"),
+    )
+
+
+class WaveInstrument(Base):
+    """Which instrument version a wave asks, of which roles, through which channel."""
+
+    __tablename__ = "wave_instruments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    wave_id: Mapped[int] = mapped_column(ForeignKey("waves.id", ondelete="CASCADE"))
+    instrument_version_id: Mapped[int] = mapped_column(ForeignKey("instrument_versions.id"))
+    # {"roles": [...]} for a plain survey; {"subject_role": "manager", "raters":
+    # {"self": [...], "staff": [...], ...}} for a 360 where each subject is appraised.
+    audience: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    channel: Mapped[str | None] = mapped_column(String(8))
+
+    wave: Mapped[Wave] = relationship(back_populates="instruments")
+    instrument_version: Mapped[InstrumentVersion] = relationship()
+
+    __table_args__ = (UniqueConstraint("wave_id", "instrument_version_id"),)
+
+
+class Invitation(Base):
+    """One person asked to answer one instrument in one wave (about one subject, for a 360)."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    wave_id: Mapped[int] = mapped_column(ForeignKey("waves.id"))
+    instrument_version_id: Mapped[int] = mapped_column(ForeignKey("instrument_versions.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    subject_person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    rater_relation: Mapped[str | None] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(8))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    status_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    wave: Mapped[Wave] = relationship()
+    instrument_version: Mapped[InstrumentVersion] = relationship()
+    person: Mapped[Person] = relationship(foreign_keys=[person_id])
+    subject: Mapped[Person | None] = relationship(foreign_keys=[subject_person_id])
+    events: Mapped[list[InvitationEvent]] = relationship(
+        back_populates="invitation", order_by="InvitationEvent.id", cascade="all, delete-orphan"
+    )
+    response: Mapped[Response | None] = relationship(back_populates="invitation")
+
+    __table_args__ = (
+        CheckConstraint(_in("status", INVITATION_STATUSES), name="status_known"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
+        CheckConstraint(
+            "rater_relation IS NULL OR " + _in("rater_relation", RATER_RELATIONS),
+            name="relation_known",
+        ),
+        CheckConstraint(
+            "(subject_person_id IS NULL) = (rater_relation IS NULL)", name="subject_has_relation"
+        ),
+        # NULLs are distinct in unique constraints on both backends, so a plain unique
+        # over the four columns would let non-360 invitations be doubled: two partial
+        # indexes close that gap.
+        Index(
+            "uq_invitations_once",
+            "wave_id",
+            "instrument_version_id",
+            "person_id",
+            unique=True,
+            sqlite_where=text("subject_person_id IS NULL"),
+            postgresql_where=text("subject_person_id IS NULL"),
+        ),
+        Index(
+            "uq_invitations_once_per_subject",
+            "wave_id",
+            "instrument_version_id",
+            "person_id",
+            "subject_person_id",
+            unique=True,
+            sqlite_where=text("subject_person_id IS NOT NULL"),
+            postgresql_where=text("subject_person_id IS NOT NULL"),
+        ),
+    )
+
+
+class InvitationEvent(Base):
+    """The status history of an invitation, one row per change."""
+
+    __tablename__ = "invitation_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invitation_id: Mapped[int] = mapped_column(ForeignKey("invitations.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    invitation: Mapped[Invitation] = relationship(back_populates="events")
+
+
+class Message(Base):
+    """Every SMS and email in or out, with the provider's id and delivery status."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    direction: Mapped[str] = mapped_column(String(3))
+    channel: Mapped[str] = mapped_column(String(8))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"))
+    to_address: Mapped[str] = mapped_column(String(254))
+    from_address: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str | None] = mapped_column(String(300))
+    body: Mapped[str | None] = mapped_column(Text)
+    provider_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    person: Mapped[Person | None] = relationship()
+    invitation: Mapped[Invitation | None] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("channel", "provider_id"),
+        CheckConstraint("direction IN ('in', 'out')", name="direction_known"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
+    )
+
+
+class Response(Base):
+    """A person's answers to one invitation. At most one per invitation."""
+
+    __tablename__ = "responses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invitation_id: Mapped[int] = mapped_column(ForeignKey("invitations.id"), unique=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column()
+
+    invitation: Mapped[Invitation] = relationship(back_populates="response")
+    answers: Mapped[list[Answer]] = relationship(
+        back_populates="response", order_by="Answer.id", cascade="all, delete-orphan"
+    )
+
+
+class Answer(Base):
+    """One item's answer. `value` is NULL when the person skipped the item."""
+
+    __tablename__ = "answers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("responses.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[int | None] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    answered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    response: Mapped[Response] = relationship(back_populates="answers")
+
+    __table_args__ = (UniqueConstraint("response_id", "item_id"),)
+
+
+class OptOut(Base):
+    """A STOP (or unsubscribe) for an address; `revoked_at` is set when they opt back in."""
+
+    __tablename__ = "opt_outs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(254))
+    person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    keyword: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+    __table_args__ = (
+        UniqueConstraint("channel", "address"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
+    )

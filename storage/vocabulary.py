@@ -1,0 +1,33 @@
+"""The project's fixed words: roles, channels, rater relations, wave kinds and statuses.
+
+Kept free of SQLAlchemy so that pure modules (the instrument loader, the survey engine)
+can share them with the models' check constraints.
+"""
+
+ROLES: tuple[str, ...] = (
+    "manager",
+    "deputy_manager",
+    "nurse",
+    "senior_care_worker",
+    "care_worker",
+    "ancillary",
+    "proprietor",
+)
+"""Roster roles. `manager` is the registered manager; `proprietor` the owner."""
+
+STAFF_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r not in ("manager", "proprietor"))
+"""Care-home staff: every role except the manager and the proprietor."""
+
+CHANNELS: tuple[str, ...] = ("sms", "email")
+RATER_RELATIONS: tuple[str, ...] = ("self", "staff", "line_manager", "peer")
+WAVE_KINDS: tuple[str, ...] = ("baseline", "midpoint", "end", "follow_up", "pulse")
+INVITATION_STATUSES: tuple[str, ...] = (
+    "pending",
+    "sent",
+    "delivered",
+    "started",
+    "completed",
+    "failed",
+    "opted_out",
+    "expired",
+)

@@ -1,0 +1,1 @@
+"""Survey instruments and the logic that asks them."""

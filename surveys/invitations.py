@@ -1,0 +1,177 @@
+"""Turning an open wave into invitations: who is asked what, about whom, by which channel.
+
+Eligibility is decided when the wave opens: people active on that day, in a home of the
+cohort, in a role the wave asks, with an address for a channel they have not opted out of.
+Staff turnover is high, so the roster of the day counts, not the roster of the programme's
+start. Creating invitations twice is harmless: the database's unique indexes refuse a second
+invitation for the same person, instrument, wave and subject, and existing ones are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    Invitation,
+    InvitationEvent,
+    OptOut,
+    Person,
+    Wave,
+    WaveInstrument,
+    utcnow,
+)
+
+TOKEN_BYTES = 24
+"""Survey-link tokens carry 192 bits from `secrets`: far beyond guessing."""
+
+
+def new_token() -> str:
+    """An unguessable survey-link token."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+@dataclass
+class OpenReport:
+    """What opening a wave did."""
+
+    created: int = 0
+    existing: int = 0
+    unreachable: list[str] = field(default_factory=list)
+
+
+def _opted_out(session: Session) -> set[tuple[str, str]]:
+    rows = session.execute(
+        select(OptOut.channel, OptOut.address).where(OptOut.revoked_at.is_(None))
+    )
+    return {(channel, address) for channel, address in rows}
+
+
+def choose_channel(
+    person: Person, preferred: str | None, blocked: set[tuple[str, str]]
+) -> str | None:
+    """The channel to invite `person` by: the preferred one when they can get it, else the other.
+
+    SMS is the default for staff (few care workers have work email); email for managers.
+    """
+    addresses = {"sms": person.mobile, "email": person.email}
+    default = "email" if person.role in ("manager", "proprietor") else "sms"
+    order = [preferred or default] + [c for c in ("sms", "email") if c != (preferred or default)]
+    for channel in order:
+        address = addresses[channel]
+        if address and (channel, address) not in blocked:
+            return channel
+    return None
+
+
+def _home_people(session: Session, wave: Wave, day: dt.date) -> list[Person]:
+    home_ids = [home.id for home in wave.cohort.homes]
+    people = session.scalars(
+        select(Person).where(Person.care_home_id.in_(home_ids)).order_by(Person.id)
+    )
+    return [p for p in people if p.is_active_on(day)]
+
+
+def _pairs(
+    item: WaveInstrument, people: list[Person]
+) -> list[tuple[Person, Person | None, str | None]]:
+    """(respondent, subject, relation) for each invitation the wave instrument implies."""
+    audience = item.audience
+    if "raters" not in audience:
+        roles = set(audience.get("roles", []))
+        return [(p, None, None) for p in people if p.role in roles]
+    pairs: list[tuple[Person, Person | None, str | None]] = []
+    subjects = [p for p in people if p.role == audience.get("subject_role")]
+    for subject in subjects:
+        for relation, roles in audience["raters"].items():
+            if relation == "self":
+                pairs.append((subject, subject, "self"))
+                continue
+            for rater in people:
+                same_home = rater.care_home_id == subject.care_home_id
+                if rater.id != subject.id and same_home and rater.role in roles:
+                    pairs.append((rater, subject, relation))
+    return pairs
+
+
+def open_wave(session: Session, wave: Wave, now: dt.datetime | None = None) -> OpenReport:
+    """Create the wave's invitations for everyone eligible now; flushes, does not commit."""
+    now = now or utcnow()
+    tz = ZoneInfo(wave.cohort.programme.timezone)
+    people = _home_people(session, wave, now.astimezone(tz).date())
+    blocked = _opted_out(session)
+    report = OpenReport()
+    for item in wave.instruments:
+        existing = {
+            (inv.person_id, inv.subject_person_id)
+            for inv in session.scalars(
+                select(Invitation).where(
+                    Invitation.wave_id == wave.id,
+                    Invitation.instrument_version_id == item.instrument_version_id,
+                )
+            )
+        }
+        for person, subject, relation in _pairs(item, people):
+            if (person.id, subject.id if subject else None) in existing:
+                report.existing += 1
+                continue
+            channel = choose_channel(person, item.channel, blocked)
+            if channel is None:
+                report.unreachable.append(person.full_name)
+                continue
+            invitation = Invitation(
+                wave=wave,
+                instrument_version_id=item.instrument_version_id,
+                person=person,
+                subject=subject,
+                rater_relation=relation,
+                channel=channel,
+                token=new_token(),
+                status="pending",
+                created_at=now,
+                status_changed_at=now,
+            )
+            invitation.events.append(InvitationEvent(status="pending", at=now))
+            session.add(invitation)
+            report.created += 1
+    if wave.opened_at is None:
+        wave.opened_at = now
+    session.flush()
+    return report
+
+
+# Statuses only move forward; a late or repeated event never takes one back.
+_ORDER = {"pending": 0, "sent": 1, "delivered": 2, "started": 3, "completed": 4}
+_FINAL = {"completed", "failed", "opted_out", "expired"}
+
+
+def set_status(
+    invitation: Invitation, status: str, at: dt.datetime | None = None, detail: str | None = None
+) -> bool:
+    """Move an invitation to `status`, recording the change; False when it would go backwards."""
+    current = invitation.status
+    if current == status or current in _FINAL:
+        return False
+    if status in _ORDER and _ORDER[status] < _ORDER.get(current, 0):
+        return False
+    at = at or utcnow()
+    invitation.status = status
+    invitation.status_changed_at = at
+    invitation.events.append(InvitationEvent(status=status, at=at, detail=detail))
+    return True
+
+
+def expire_wave(session: Session, wave: Wave, now: dt.datetime | None = None) -> int:
+    """Expire the unfinished invitations of a wave that has closed; returns how many."""
+    now = now or utcnow()
+    count = 0
+    for invitation in session.scalars(select(Invitation).where(Invitation.wave_id == wave.id)):
+        if invitation.status not in _FINAL and set_status(invitation, "expired", now):
+            count += 1
+    session.flush()
+    return count

@@ -1,0 +1,414 @@
+"""Programme set-up from a YAML file: the programme, its cohorts, homes, waves and what
+each wave asks of whom.
+
+Loading is idempotent: everything is matched by its key (programme key, cohort key, wave
+key, home name), so the same file loaded twice changes nothing, and an edited file updates
+what it names. A wave that has already sent invitations keeps the instrument versions it
+started with, so answers within a wave always share one wording.
+
+File format (see `examples/programme.yaml`)::
+
+    programme: {key, name, timezone?, anonymity_threshold?}
+    cohorts:
+      - key, name, starts_on?
+        homes: [name | {name, cqc_location_id?, local_authority?}]
+        waves:
+          - key, kind (baseline|midpoint|end|follow_up|pulse), name?,
+            opens: "YYYY-MM-DD HH:MM" (programme time zone), closes: ...,
+            reminders?: {after_days: [2, 5], max?: 2},
+            ask:
+              - {instrument, roles: [...], channel?: sms|email}
+              - {instrument, subjects: manager, raters: {self: [manager], staff: [...]}}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import (
+    CHANNELS,
+    RATER_RELATIONS,
+    ROLES,
+    WAVE_KINDS,
+    CareHome,
+    Cohort,
+    Invitation,
+    Programme,
+    Wave,
+    WaveInstrument,
+)
+from surveys.catalogue import ensure_version
+from surveys.instruments import InstrumentDefinition, load_library
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ProgrammeError(ValueError):
+    """The programme file is invalid; `problems` lists each field path and reason."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{path}: {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass
+class ProgrammeReport:
+    """What loading a programme file did."""
+
+    programme_key: str
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Human-readable lines for the CLI."""
+        if not self.created and not self.updated:
+            return f"programme {self.programme_key}: no changes"
+        lines = [f"programme {self.programme_key}:"]
+        lines += [f"  created {what}" for what in self.created]
+        lines += [f"  updated {what}" for what in self.updated]
+        return "\n".join(lines)
+
+
+def home_key(name: str) -> str:
+    """The matching key of a care home name: case and spacing do not matter."""
+    return " ".join(name.split()).lower()
+
+
+class _Checker:
+    """Collects every problem in the file instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def need(self, data: Any, key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+        if not isinstance(data, dict) or key not in data or data[key] in (None, ""):
+            self.problems.append(f"{where}.{key}: missing")
+            return None
+        value = data[key]
+        if not isinstance(value, kind):
+            self.problems.append(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r}")
+            return None
+        return value
+
+    def unknown(self, data: Any, allowed: set[str], where: str) -> None:
+        if isinstance(data, dict):
+            for key in sorted(set(data) - allowed):
+                self.problems.append(f"{where}.{key}: unknown field (allowed: {sorted(allowed)})")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "text", list: "a list", dict: "a mapping", int: "a whole number"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _when(value: Any, tz: ZoneInfo, where: str, check: _Checker) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        local = value
+    elif isinstance(value, dt.date):
+        local = dt.datetime.combine(value, dt.time(9, 0))
+    elif isinstance(value, str):
+        try:
+            local = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            check.problems.append(f"{where}: {value!r} is not a date-time like 2027-01-04 09:00")
+            return None
+    else:
+        check.problems.append(f"{where}: missing or not a date-time like 2027-01-04 09:00")
+        return None
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=tz)
+    return local.astimezone(dt.UTC)
+
+
+def _roles(value: Any, where: str, check: _Checker) -> list[str]:
+    if not isinstance(value, list) or not value:
+        check.problems.append(f"{where}: expected a non-empty list of roles {list(ROLES)}")
+        return []
+    bad = [r for r in value if r not in ROLES]
+    if bad:
+        check.problems.append(f"{where}: unknown role(s) {bad}; known roles: {list(ROLES)}")
+    return [r for r in value if r in ROLES]
+
+
+def _audience(ask: dict[str, Any], where: str, check: _Checker) -> dict[str, Any]:
+    if "raters" in ask or "subjects" in ask:
+        subject = ask.get("subjects")
+        if subject not in ROLES:
+            check.problems.append(f"{where}.subjects: expected a role such as manager")
+        raters = ask.get("raters")
+        if not isinstance(raters, dict) or not raters:
+            check.problems.append(f"{where}.raters: expected a mapping of relation to roles")
+            return {}
+        out: dict[str, list[str]] = {}
+        for relation, roles in raters.items():
+            if relation not in RATER_RELATIONS:
+                check.problems.append(
+                    f"{where}.raters.{relation}: unknown relation; use {list(RATER_RELATIONS)}"
+                )
+                continue
+            out[relation] = _roles(roles, f"{where}.raters.{relation}", check)
+        return {"subject_role": subject, "raters": out}
+    return {"roles": _roles(ask.get("roles"), f"{where}.roles", check)}
+
+
+def parse_programme(path: str | Path) -> dict[str, Any]:
+    """Read and check a programme file; returns a normalised plan or raises ProgrammeError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProgrammeError(str(path), ["file not found"]) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ProgrammeError(str(path), [f"not valid YAML: {exc}"]) from None
+    check = _Checker()
+    check.unknown(raw, {"programme", "cohorts"}, "(top level)")
+    prog = check.need(raw, "programme", "(top level)", dict) or {}
+    check.unknown(prog, {"key", "name", "timezone", "anonymity_threshold"}, "programme")
+    key = check.need(prog, "key", "programme")
+    if key and not _KEY.match(key):
+        check.problems.append(f"programme.key: {key!r} must be lower-case letters, digits, - or _")
+    tz_name = prog.get("timezone", "Europe/London")
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        check.problems.append(f"programme.timezone: {tz_name!r} is not a time zone")
+        tz = ZoneInfo("Europe/London")
+    threshold = prog.get("anonymity_threshold", 5)
+    if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+        check.problems.append("programme.anonymity_threshold: expected a whole number >= 1")
+    plan: dict[str, Any] = {
+        "key": key,
+        "name": check.need(prog, "name", "programme"),
+        "timezone": tz_name,
+        "anonymity_threshold": threshold,
+        "cohorts": [],
+    }
+    cohorts = check.need(raw, "cohorts", "(top level)", list) or []
+    library = load_library()
+    for c_index, cohort in enumerate(cohorts):
+        plan["cohorts"].append(_parse_cohort(cohort, f"cohorts[{c_index}]", tz, library, check))
+    _check_unique([c["key"] for c in plan["cohorts"]], "cohorts[].key", check)
+    if check.problems:
+        raise ProgrammeError(str(path), check.problems)
+    return plan
+
+
+def _parse_cohort(
+    cohort: Any, where: str, tz: ZoneInfo, library: dict[str, InstrumentDefinition], check: _Checker
+) -> dict[str, Any]:
+    check.unknown(cohort, {"key", "name", "starts_on", "homes", "waves"}, where)
+    key = check.need(cohort, "key", where)
+    if key and not _KEY.match(key):
+        check.problems.append(f"{where}.key: {key!r} must be lower-case letters, digits, - or _")
+    starts_on = cohort.get("starts_on") if isinstance(cohort, dict) else None
+    if starts_on is not None and not isinstance(starts_on, dt.date):
+        check.problems.append(f"{where}.starts_on: {starts_on!r} is not a date like 2027-01-11")
+        starts_on = None
+    homes = []
+    for h_index, home in enumerate(check.need(cohort, "homes", where, list) or []):
+        h_where = f"{where}.homes[{h_index}]"
+        if isinstance(home, str):
+            home = {"name": home}
+        check.unknown(home, {"name", "cqc_location_id", "local_authority"}, h_where)
+        if check.need(home, "name", h_where):
+            homes.append(home)
+    waves = []
+    for w_index, wave in enumerate(check.need(cohort, "waves", where, list) or []):
+        waves.append(_parse_wave(wave, f"{where}.waves[{w_index}]", tz, library, check))
+    _check_unique([w["key"] for w in waves], f"{where}.waves[].key", check)
+    return {
+        "key": key,
+        "name": check.need(cohort, "name", where),
+        "starts_on": starts_on,
+        "homes": homes,
+        "waves": waves,
+    }
+
+
+def _parse_wave(
+    wave: Any, where: str, tz: ZoneInfo, library: dict[str, InstrumentDefinition], check: _Checker
+) -> dict[str, Any]:
+    allowed = {"key", "kind", "name", "opens", "closes", "reminders", "ask"}
+    check.unknown(wave, allowed, where)
+    wave = wave if isinstance(wave, dict) else {}
+    kind = check.need(wave, "kind", where)
+    if kind and kind not in WAVE_KINDS:
+        check.problems.append(f"{where}.kind: {kind!r} is not one of {list(WAVE_KINDS)}")
+    opens = _when(wave.get("opens"), tz, f"{where}.opens", check)
+    closes = _when(wave.get("closes"), tz, f"{where}.closes", check)
+    if opens and closes and closes <= opens:
+        check.problems.append(f"{where}.closes: must be after opens")
+    reminders = wave.get("reminders") or {}
+    days = reminders.get("after_days", []) if isinstance(reminders, dict) else None
+    if not isinstance(days, list) or not all(isinstance(d, int | float) and d > 0 for d in days):
+        check.problems.append(f"{where}.reminders.after_days: expected a list of positive days")
+        days = []
+    asks = []
+    for a_index, ask in enumerate(check.need(wave, "ask", where, list) or []):
+        a_where = f"{where}.ask[{a_index}]"
+        check.unknown(ask, {"instrument", "roles", "channel", "subjects", "raters"}, a_where)
+        name = check.need(ask, "instrument", a_where)
+        if name and name not in library:
+            check.problems.append(f"{a_where}.instrument: unknown instrument {name!r}")
+        channel = ask.get("channel") if isinstance(ask, dict) else None
+        if channel is not None and channel not in CHANNELS:
+            check.problems.append(f"{a_where}.channel: {channel!r} is not one of {list(CHANNELS)}")
+        audience = _audience(ask if isinstance(ask, dict) else {}, a_where, check)
+        asks.append({"instrument": name, "channel": channel, "audience": audience})
+    return {
+        "key": check.need(wave, "key", where),
+        "kind": kind,
+        "name": wave.get("name") or str(wave.get("key", "")).replace("_", " ").title(),
+        "opens": opens,
+        "closes": closes,
+        "reminders": {"after_days": days, "max": reminders.get("max", len(days))}
+        if isinstance(reminders, dict)
+        else {},
+        "asks": asks,
+    }
+
+
+def _check_unique(values: list[Any], where: str, check: _Checker) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            check.problems.append(f"{where}: {value!r} appears more than once")
+        seen.add(value)
+
+
+def load_programme(session: Session, path: str | Path) -> ProgrammeReport:
+    """Create or update the programme described by the file at `path` (flushes, no commit)."""
+    plan = parse_programme(path)
+    library = load_library()
+    report = ProgrammeReport(plan["key"])
+    programme = session.scalar(select(Programme).where(Programme.key == plan["key"]))
+    if programme is None:
+        programme = Programme(key=plan["key"], name=plan["name"])
+        session.add(programme)
+        report.created.append(f"programme {plan['key']}")
+    _assign(
+        programme,
+        report,
+        f"programme {plan['key']}",
+        name=plan["name"],
+        timezone=plan["timezone"],
+        anonymity_threshold=plan["anonymity_threshold"],
+    )
+    session.flush()
+    for cohort_plan in plan["cohorts"]:
+        _load_cohort(session, programme, cohort_plan, library, report)
+    session.flush()
+    return report
+
+
+def _assign(obj: Any, report: ProgrammeReport, label: str, **values: Any) -> None:
+    changed = [k for k, v in values.items() if getattr(obj, k) != v]
+    for key in changed:
+        setattr(obj, key, values[key])
+    if changed and obj.id is not None and label not in report.updated:
+        report.updated.append(f"{label} ({', '.join(changed)})")
+
+
+def _load_cohort(
+    session: Session,
+    programme: Programme,
+    plan: dict[str, Any],
+    library: dict[str, InstrumentDefinition],
+    report: ProgrammeReport,
+) -> None:
+    cohort = session.scalar(
+        select(Cohort).where(Cohort.programme_id == programme.id, Cohort.key == plan["key"])
+    )
+    label = f"cohort {plan['key']}"
+    if cohort is None:
+        cohort = Cohort(programme=programme, key=plan["key"], name=plan["name"])
+        session.add(cohort)
+        report.created.append(label)
+    _assign(cohort, report, label, name=plan["name"], starts_on=plan["starts_on"])
+    session.flush()
+    homes = [_home(session, h, report) for h in plan["homes"]]
+    if {h.id for h in cohort.homes} != {h.id for h in homes}:
+        if cohort.homes:
+            report.updated.append(f"{label} (homes)")
+        cohort.homes = homes
+    for wave_plan in plan["waves"]:
+        _load_wave(session, cohort, wave_plan, library, report)
+
+
+def _home(session: Session, plan: dict[str, Any], report: ProgrammeReport) -> CareHome:
+    key = home_key(plan["name"])
+    home = session.scalar(select(CareHome).where(CareHome.key == key))
+    if home is None:
+        home = CareHome(key=key, name=" ".join(plan["name"].split()))
+        session.add(home)
+        report.created.append(f"care home {home.name}")
+    extra = {k: plan[k] for k in ("cqc_location_id", "local_authority") if plan.get(k)}
+    _assign(home, report, f"care home {home.name}", **extra)
+    session.flush()
+    return home
+
+
+def _load_wave(
+    session: Session,
+    cohort: Cohort,
+    plan: dict[str, Any],
+    library: dict[str, InstrumentDefinition],
+    report: ProgrammeReport,
+) -> None:
+    wave = session.scalar(select(Wave).where(Wave.cohort_id == cohort.id, Wave.key == plan["key"]))
+    label = f"wave {cohort.key}/{plan['key']}"
+    if wave is None:
+        wave = Wave(
+            cohort=cohort,
+            key=plan["key"],
+            kind=plan["kind"],
+            name=plan["name"],
+            opens_at=plan["opens"],
+            closes_at=plan["closes"],
+        )
+        session.add(wave)
+        report.created.append(label)
+    _assign(
+        wave,
+        report,
+        label,
+        kind=plan["kind"],
+        name=plan["name"],
+        opens_at=plan["opens"],
+        closes_at=plan["closes"],
+        reminders=plan["reminders"],
+    )
+    session.flush()
+    started = session.scalar(select(Invitation.id).where(Invitation.wave_id == wave.id).limit(1))
+    existing = {wi.instrument_version.instrument.key: wi for wi in wave.instruments}
+    for ask in plan["asks"]:
+        version = ensure_version(session, library[ask["instrument"]])
+        current = existing.pop(ask["instrument"], None)
+        if current is None:
+            wave.instruments.append(
+                WaveInstrument(
+                    instrument_version=version, audience=ask["audience"], channel=ask["channel"]
+                )
+            )
+            report.created.append(f"{label} asks {ask['instrument']}")
+            continue
+        values: dict[str, Any] = {"audience": ask["audience"], "channel": ask["channel"]}
+        if not started:  # a wave under way keeps the wording its answers were given to
+            values["instrument_version_id"] = version.id
+        _assign(current, report, f"{label} asks {ask['instrument']}", **values)
+    for key, leftover in existing.items():
+        if started:
+            raise ProgrammeError(str(label), [f"{key}: cannot be removed, invitations were sent"])
+        wave.instruments.remove(leftover)
+        report.updated.append(f"{label} no longer asks {key}")
