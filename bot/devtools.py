@@ -1,0 +1,66 @@
+"""The development phone and mailbox: what carepulse sent, readable in the browser, and a
+way to reply as a care worker would. Registered only on the embedded defaults (no Twilio or
+SMTP settings), so these pages never exist on a real deployment."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from bot.db import get_session
+from storage.models import Message, Person
+
+bp = Blueprint("devtools", __name__, url_prefix="/dev")
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@bp.get("/phone")
+def phone():
+    """Every SMS conversation, one thread per mobile number."""
+    session = get_session()
+    messages = session.scalars(
+        select(Message).where(Message.channel == "sms").order_by(Message.id)
+    ).all()
+    threads: dict[str, list[Message]] = {}
+    for message in messages:
+        number = message.to_address if message.direction == "out" else message.from_address
+        threads.setdefault(number, []).append(message)
+    people = {
+        p.mobile: p
+        for p in session.scalars(select(Person).where(Person.mobile.in_(list(threads))))
+    }
+    return render_template("dev/phone.html", threads=threads, people=people)
+
+
+@bp.post("/phone/<number>/reply")
+def reply(number: str):
+    """Store a reply typed on the development phone as an inbound SMS from `number`."""
+    if not _E164.match(number):
+        abort(404)
+    body = (request.form.get("body") or "").strip()
+    if not body or len(body) > 1600:
+        flash("Type a reply of 1 to 1600 characters.")
+        return redirect(url_for("devtools.phone", _anchor=number))
+    session = get_session()
+    person = session.scalar(select(Person).where(Person.mobile == number))
+    session.add(
+        Message(direction="in", channel="sms", person=person, from_address=number,
+                to_address="dev-phone", body=body, status="received")
+    )
+    session.commit()
+    return redirect(url_for("devtools.phone", _anchor=number))
+
+
+@bp.get("/mailbox")
+def mailbox():
+    """Every email sent, newest first."""
+    session = get_session()
+    emails = session.scalars(
+        select(Message)
+        .where(Message.channel == "email", Message.direction == "out")
+        .order_by(Message.id.desc())
+    ).all()
+    return render_template("dev/mailbox.html", emails=emails)

@@ -1,0 +1,45 @@
+"""The start page: the programmes loaded, their cohorts, homes and waves, and how each
+wave is going (counts only: no names or answers)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from flask import Blueprint, current_app, render_template
+from sqlalchemy import func, select
+
+from bot.db import get_session
+from storage.models import Invitation, Person, Programme, utcnow
+
+bp = Blueprint("overview", __name__)
+
+
+@bp.get("/")
+def index():
+    """List programmes with their cohorts, homes (active people) and wave progress."""
+    session = get_session()
+    programmes = session.scalars(select(Programme).order_by(Programme.name)).all()
+    active = dict(
+        session.execute(
+            select(Person.care_home_id, func.count())
+            .where(Person.active_to.is_(None))
+            .group_by(Person.care_home_id)
+        ).all()
+    )
+    statuses: dict[int, Counter[str]] = {}
+    for wave_id, status, count in session.execute(
+        select(Invitation.wave_id, Invitation.status, func.count()).group_by(
+            Invitation.wave_id, Invitation.status
+        )
+    ):
+        statuses.setdefault(wave_id, Counter())[status] = count
+    settings = current_app.config["CAREPULSE"]
+    return render_template(
+        "overview.html",
+        programmes=programmes,
+        active=active,
+        statuses=statuses,
+        now=utcnow(),
+        dev_phone=settings.sms_transport == "dev-phone",
+        dev_mailbox=settings.email_transport == "dev-mailbox",
+    )
