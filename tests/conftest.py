@@ -96,3 +96,87 @@ def client(app):
 def runner(app):
     """A CLI runner that invokes `carepulse` commands against the app."""
     return app.test_cli_runner()
+
+
+class Factory:
+    """Builds stored objects for tests with sensible defaults; every call flushes."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._n = 0
+
+    def _next(self) -> int:
+        self._n += 1
+        return self._n
+
+    def home(self, name: str | None = None, **kw):
+        from storage.models import CareHome
+
+        name = name or f"Test Home {self._next()}"
+        home = CareHome(key=" ".join(name.split()).lower(), name=name, **kw)
+        self.session.add(home)
+        self.session.flush()
+        return home
+
+    def person(self, home=None, role: str = "care_worker", **kw):
+        import datetime as dt
+
+        from storage.models import Person
+
+        n = self._next()
+        values = {
+            "given_name": f"Person{n}",
+            "family_name": "Test",
+            "mobile": f"+4477009{n:05d}",
+            "email": f"person{n}@example.org",
+            "active_from": dt.date(2020, 1, 1),
+        }
+        values.update(kw)
+        person = Person(care_home=home or self.home(), role=role, **values)
+        self.session.add(person)
+        self.session.flush()
+        return person
+
+    def programme(self, homes, asks, *, opens=None, closes=None, threshold: int = 5):
+        """A programme with one cohort of `homes` and one baseline wave asking `asks`.
+
+        `asks` is a list of (instrument key, audience dict, channel or None).
+        """
+        import datetime as dt
+
+        from storage.models import Cohort, Programme, Wave, WaveInstrument
+        from surveys.catalogue import ensure_version
+        from surveys.instruments import load_library
+
+        library = load_library()
+        n = self._next()
+        programme = Programme(key=f"prog-{n}", name=f"Programme {n}", anonymity_threshold=threshold)
+        cohort = Cohort(programme=programme, key="c1", name="Cohort 1")
+        cohort.homes = list(homes)
+        opens = opens or dt.datetime(2027, 1, 4, 9, tzinfo=dt.UTC)
+        closes = closes or opens + dt.timedelta(days=14)
+        wave = Wave(
+            cohort=cohort,
+            key="baseline",
+            kind="baseline",
+            name="Baseline",
+            opens_at=opens,
+            closes_at=closes,
+        )
+        for key, audience, channel in asks:
+            wave.instruments.append(
+                WaveInstrument(
+                    instrument_version=ensure_version(self.session, library[key]),
+                    audience=audience,
+                    channel=channel,
+                )
+            )
+        self.session.add(programme)
+        self.session.flush()
+        return programme, wave
+
+
+@pytest.fixture
+def factory(session: Session) -> Factory:
+    """Builds homes, people and programmes in the test database."""
+    return Factory(session)
