@@ -134,7 +134,7 @@ def _twilio(env: Mapping[str, Any]) -> TwilioSettings | None:
     if sender:
         try:
             parsed = phonenumbers.parse(sender, None)
-            valid = phonenumbers.is_valid_number(parsed)
+            valid = phonenumbers.is_possible_number(parsed)
         except phonenumbers.NumberParseException:
             valid = False
         if not valid or not sender.startswith("+"):
@@ -209,11 +209,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     mail_from = _get(env, "MAIL_FROM")
     if smtp and not mail_from:
         raise ConfigError("MAIL_FROM is missing; it is required when SMTP_HOST is set")
-    mail_from = mail_from or "carepulse@localhost"
-    try:
-        validate_email(mail_from, check_deliverability=False, test_environment=True)
-    except EmailNotValidError as exc:
-        raise ConfigError(f"MAIL_FROM={mail_from!r} is not an email address: {exc}") from None
+    if mail_from:
+        try:
+            validate_email(mail_from, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ConfigError(f"MAIL_FROM={mail_from!r} is not an email address: {exc}") from None
+    mail_from = mail_from or "carepulse@dev-mailbox.test"
     default_db = f"sqlite:///{instance_path / 'carepulse.sqlite3'}"
     return Settings(
         database_url=_database_url(_get(env, "DATABASE_URL") or default_db),

@@ -26,7 +26,11 @@ def test_example_programme_loads(session):
     assert programme.key == "nwl-leadership-2027"
     assert programme.anonymity_threshold == 5
     cohort = programme.cohorts[0]
-    assert sorted(h.name for h in cohort.homes) == ["Elmfield House", "Harrow Lodge", "Willow Court"]
+    assert sorted(h.name for h in cohort.homes) == [
+        "Elmfield House",
+        "Harrow Lodge",
+        "Willow Court",
+    ]
     assert [w.key for w in cohort.waves] == ["baseline", "end"]
     baseline = cohort.waves[0]
     # 09:00 in London in January is 09:00 UTC; in July (BST) 09:00 is 08:00 UTC.
