@@ -30,6 +30,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(overview.bp)
     app.register_blueprint(survey_links.bp)
-    if settings.sms_transport == "dev-phone" or settings.email_transport == "dev-mailbox":
-        app.register_blueprint(devtools.bp)
+    app.register_blueprint(devtools.bp)
     return app

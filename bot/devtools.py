@@ -1,12 +1,12 @@
 """The development phone and mailbox: what carepulse sent, readable in the browser, and a
-way to reply as a care worker would. Registered only on the embedded defaults (no Twilio or
-SMTP settings), so these pages never exist on a real deployment."""
+way to reply as a care worker would. Served only on the embedded defaults (no Twilio or
+SMTP settings): the phone only without Twilio, the mailbox only without SMTP."""
 
 from __future__ import annotations
 
 import re
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
 from bot.db import get_session
@@ -15,6 +15,16 @@ from storage.models import Message, Person
 bp = Blueprint("devtools", __name__, url_prefix="/dev")
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@bp.before_request
+def _only_on_embedded_defaults():
+    # The phone exists only without Twilio, the mailbox only without SMTP: a real
+    # deployment never shows what it sent on a web page.
+    settings = current_app.config["CAREPULSE"]
+    wanted = "dev-phone" if request.path.startswith("/dev/phone") else "dev-mailbox"
+    if wanted not in (settings.sms_transport, settings.email_transport):
+        abort(404)
 
 
 @bp.get("/phone")
@@ -29,8 +39,7 @@ def phone():
         number = message.to_address if message.direction == "out" else message.from_address
         threads.setdefault(number, []).append(message)
     people = {
-        p.mobile: p
-        for p in session.scalars(select(Person).where(Person.mobile.in_(list(threads))))
+        p.mobile: p for p in session.scalars(select(Person).where(Person.mobile.in_(list(threads))))
     }
     return render_template("dev/phone.html", threads=threads, people=people)
 
@@ -47,8 +56,15 @@ def reply(number: str):
     session = get_session()
     person = session.scalar(select(Person).where(Person.mobile == number))
     session.add(
-        Message(direction="in", channel="sms", person=person, from_address=number,
-                to_address="dev-phone", body=body, status="received")
+        Message(
+            direction="in",
+            channel="sms",
+            person=person,
+            from_address=number,
+            to_address="dev-phone",
+            body=body,
+            status="received",
+        )
     )
     session.commit()
     return redirect(url_for("devtools.phone", _anchor=number))

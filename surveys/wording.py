@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass
+
+from surveys.instruments import GSM7_BASIC_CHARS
 
 
 @dataclass(frozen=True)
@@ -19,9 +22,36 @@ def first_name(name: str) -> str:
     return name.split()[0] if name.split() else "there"
 
 
+SMS_SEGMENT = 160
+
+
+def gsm_safe(text: str) -> str:
+    """`text` in GSM-7 characters only: accents are dropped rather than letting one 'â'
+    switch the whole message to UCS-2, which cuts a segment from 160 to 70 characters."""
+    out = []
+    for ch in text:
+        if ch in GSM7_BASIC_CHARS:
+            out.append(ch)
+            continue
+        plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+        out.append(plain if plain and all(c in GSM7_BASIC_CHARS for c in plain) else "")
+    return "".join(out)
+
+
+def fit_one_segment(*variants: str) -> str:
+    """The first variant that fits one GSM-7 segment, made GSM-safe; the last one otherwise."""
+    safe = [gsm_safe(v) for v in variants]
+    return next((v for v in safe if len(v) <= SMS_SEGMENT), safe[-1])
+
+
 def invitation_sms(given_name: str, home: str, link: str) -> str:
     """A one-segment SMS invitation with the survey link and how to opt out."""
-    return f"Hi {first_name(given_name)}, a 2-min survey about {home}: {link} Reply STOP to opt out"
+    name = first_name(given_name)
+    return fit_one_segment(
+        f"Hi {name}, a 2-min survey about {home}: {link} Reply STOP to opt out",
+        f"Hi {name}, a 2-min survey about your care home: {link} Reply STOP to opt out",
+        f"Hi, a 2-min survey about your care home: {link} Reply STOP to opt out",
+    )
 
 
 def invitation_email(

@@ -78,7 +78,7 @@ def app(engine: Engine, database_url: str, tmp_path: Path):
         {
             "TESTING": True,
             "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key",
+            "SECRET_KEY": "test-secret-key-for-the-suite",
             "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
             "INSTANCE_PATH": str(tmp_path / "instance"),
         }

@@ -1,0 +1,190 @@
+"""The web pages a newcomer, a respondent and a load balancer see."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from sqlalchemy import select
+
+from bot import create_app
+from storage.models import Answer, Invitation, Message
+from surveys.instruments import GSM7_BASIC_CHARS
+from surveys.invitations import open_wave
+
+STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
+NOW = dt.datetime.now(dt.UTC)
+
+
+def test_healthz_is_ok_on_a_migrated_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ok"
+
+
+def test_healthz_is_503_on_an_unmigrated_database(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+            "SECRET_KEY": "k" * 20,
+            "INSTANCE_PATH": str(tmp_path),
+        }
+    )
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "not migrated"
+
+
+def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
+    url = "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1"
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": url,
+            "SECRET_KEY": "k" * 20,
+            "INSTANCE_PATH": str(tmp_path),
+        }
+    )
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "unreachable"
+
+
+def _open_morale_wave(session, factory, workers=2):
+    home = factory.home("Willow Court")
+    people = [factory.person(home, given_name=f"Amara{i}") for i in range(workers)]
+    _, wave = factory.programme(
+        [home],
+        [("staff_morale", {"roles": STAFF}, "sms")],
+        opens=NOW - dt.timedelta(hours=1),
+        closes=NOW + dt.timedelta(days=7),
+    )
+    open_wave(session, wave, NOW)
+    session.commit()
+    return wave, people
+
+
+def test_survey_link_shows_the_question_and_stores_the_answer(client, session, factory):
+    wave, _ = _open_morale_wave(session, factory)
+    invitation = session.scalars(select(Invitation)).first()
+    page = client.get(f"/s/{invitation.token}")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "How would you rate morale among the staff in your care home" in html
+    assert "1 = Very low, 5 = Very high" in html
+    assert page.headers["Cache-Control"] == "no-store"
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+
+    empty = client.post(f"/s/{invitation.token}", data={})
+    assert empty.status_code == 400
+    assert "There is a problem" in empty.get_data(as_text=True)
+    assert session.scalars(select(Answer)).all() == []
+
+    done = client.post(f"/s/{invitation.token}", data={"morale": "4"})
+    assert done.status_code == 200
+    assert "Your answers have been saved" in done.get_data(as_text=True)
+    session.rollback()  # end the test's read snapshot to see what the app committed
+    assert [(a.item_id, a.value, a.channel) for a in session.scalars(select(Answer))] == [
+        ("morale", 4, "web")
+    ]
+    assert session.get(Invitation, invitation.id).status == "completed"
+    again = client.get(f"/s/{invitation.token}")
+    assert "You have already answered this survey" in again.get_data(as_text=True)
+
+
+def test_out_of_range_answer_is_refused_and_nothing_stored(client, session, factory):
+    _open_morale_wave(session, factory)
+    invitation = session.scalars(select(Invitation)).first()
+    response = client.post(f"/s/{invitation.token}", data={"morale": "9"})
+    assert response.status_code == 400
+    assert session.scalars(select(Answer)).all() == []
+
+
+def test_unknown_and_expired_links_say_which(client, session, factory):
+    wave, _ = _open_morale_wave(session, factory)
+    unknown = client.get("/s/not-a-real-token")
+    assert unknown.status_code == 404
+    assert "This link is not recognised" in unknown.get_data(as_text=True)
+    invitation = session.scalars(select(Invitation)).first()
+    wave.closes_at = NOW - dt.timedelta(minutes=1)
+    wave.opens_at = NOW - dt.timedelta(days=2)
+    session.commit()
+    expired = client.get(f"/s/{invitation.token}")
+    assert expired.status_code == 410
+    assert "This survey has closed" in expired.get_data(as_text=True)
+
+
+def test_dev_phone_shows_texts_and_takes_replies(client, session, factory, app):
+    from bot.outbound import Outbound
+    from bot.transports import DevMailbox, DevPhone
+
+    wave, people = _open_morale_wave(session, factory, workers=1)
+    outbound = Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox())
+    assert outbound.send_pending(session, NOW) == 1
+    session.commit()
+    invitation = session.scalars(select(Invitation)).one()
+    assert invitation.status == "delivered"
+    phone = client.get("/dev/phone").get_data(as_text=True)
+    assert "Amara0" in phone and "Willow Court" in phone
+    assert f"http://127.0.0.1:5000/s/{invitation.token}" in phone
+    number = people[0].mobile
+    reply = client.post(f"/dev/phone/{number}/reply", data={"body": "4"})
+    assert reply.status_code == 302
+    session.rollback()
+    inbound = session.scalars(select(Message).where(Message.direction == "in")).one()
+    assert (inbound.from_address, inbound.body, inbound.person_id) == (number, "4", people[0].id)
+    assert client.post("/dev/phone/not-a-number/reply", data={"body": "x"}).status_code == 404
+
+
+def test_every_sent_sms_fits_one_segment(client, session, factory, app):
+    from bot.outbound import Outbound
+    from bot.transports import DevMailbox, DevPhone
+
+    home = factory.home("The Royal Borough Residential and Nursing Home")
+    factory.person(home, given_name="Siân-Bartholomew")
+    _, wave = factory.programme(
+        [home], [("staff_morale", {"roles": STAFF}, "sms")], opens=NOW - dt.timedelta(hours=1)
+    )
+    open_wave(session, wave, NOW)
+    Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox()).send_pending(session, NOW)
+    body = session.scalars(select(Message)).one().body
+    assert len(body) <= 160, body
+    assert all(ch in GSM7_BASIC_CHARS for ch in body), body
+    assert re.search(r"/s/[A-Za-z0-9_-]{32}", body)
+
+
+def test_dev_pages_do_not_exist_when_real_providers_are_configured(tmp_path, database_url):
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "k" * 20,
+            "INSTANCE_PATH": str(tmp_path),
+            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "TWILIO_AUTH_TOKEN": "t",
+            "TWILIO_FROM_NUMBER": "+447700900001",
+            "SMTP_HOST": "127.0.0.1",
+            "MAIL_FROM": "surveys@example.org",
+        }
+    )
+    client = app.test_client()
+    assert client.get("/dev/phone").status_code == 404
+    assert client.get("/dev/mailbox").status_code == 404
+
+
+def test_dev_mailbox_stays_while_only_twilio_is_configured(tmp_path, database_url):
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "k" * 20,
+            "INSTANCE_PATH": str(tmp_path),
+            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+            "TWILIO_AUTH_TOKEN": "t",
+            "TWILIO_FROM_NUMBER": "+447700900001",
+        }
+    )
+    client = app.test_client()
+    assert client.get("/dev/phone").status_code == 404
+    assert client.get("/dev/mailbox").status_code == 200
