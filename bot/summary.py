@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from reports.frames import anonymity_threshold, answers_frame, invitations_frame
 from reports.prepost import prepost
-from reports.response_rates import response_rates
+from reports.response_rates import SUPPRESSED, response_rates
 from storage.models import Programme
 
 
@@ -46,9 +46,23 @@ def programme_summary(
         _table(by_home),
         "",
         f"Change from {pre} to {post} (matched respondents; 95% CI, paired t; d_z)",
-        _table(change),
+        *_prepost_lines(change, threshold),
     ]
     return "\n".join(parts), tables
+
+
+def _prepost_lines(change: pd.DataFrame, threshold: int) -> list[str]:
+    """The reported rows, then one line per group whose items are all suppressed."""
+    hidden = change["n_pairs"] == SUPPRESSED
+    lines = [_table(change[~hidden])]
+    groups = change[hidden].groupby(["instrument", "relation"], sort=True).size()
+    for (instrument, relation), items in groups.items():
+        who = "" if relation == "-" else f" ({relation} ratings)"
+        lines.append(
+            f"  {instrument}{who}: {items} item(s) suppressed, fewer than "
+            f"{threshold} matched respondents"
+        )
+    return lines
 
 
 def _table(frame: pd.DataFrame) -> str:

@@ -14,12 +14,14 @@ from storage.models import (
     Instrument,
     InstrumentVersion,
     Invitation,
+    InvitationEvent,
     Person,
     Programme,
     Response,
     Wave,
 )
 
+FUNNEL_STAGES = ("sent", "delivered", "started", "completed")
 INVITATION_COLUMNS = [
     "invitation_id",
     "programme",
@@ -67,7 +69,19 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         .where(Programme.key == programme_key)
         .order_by(Invitation.id)
     )
-    return pd.DataFrame(session.execute(stmt).all(), columns=INVITATION_COLUMNS)
+    frame = pd.DataFrame(session.execute(stmt).all(), columns=INVITATION_COLUMNS)
+    # The funnel needs the furthest stage ever reached: an invitation that was delivered
+    # and then expired unanswered still counts as delivered.
+    events = session.execute(
+        select(InvitationEvent.invitation_id, InvitationEvent.status).where(
+            InvitationEvent.invitation_id.in_(select(stmt.subquery().c.id))
+        )
+    ).all()
+    reached = pd.DataFrame(events, columns=["invitation_id", "status"])
+    for stage in FUNNEL_STAGES:
+        ids = set(reached.loc[reached["status"] == stage, "invitation_id"])
+        frame[f"reached_{stage}"] = frame["invitation_id"].isin(ids)
+    return frame
 
 
 def answers_frame(session: Session, programme_key: str) -> pd.DataFrame:

@@ -383,7 +383,7 @@ def _read_csv(path: Path) -> tuple[list[tuple[int, list[Any]]], str]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise RosterError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+        raise RosterError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if raw.startswith(b"PK\x03\x04"):
         raise RosterError(
             f"{path.name} is a spreadsheet workbook, not CSV text: save it with an .xlsx name"
@@ -424,7 +424,7 @@ def _read_xlsx(path: Path) -> list[tuple[int, list[Any]]]:
     try:
         workbook = load_workbook(path, read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise RosterError(f"cannot read {path.name} as an Excel .xlsx workbook ({exc})") from exc
+        raise RosterError(f"cannot read {path} as an Excel .xlsx workbook ({exc})") from exc
     try:
         if not workbook.worksheets:
             raise RosterError(f"{path.name} has no worksheet")

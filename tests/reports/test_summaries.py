@@ -9,14 +9,24 @@ from scipy import stats
 from reports.prepost import prepost
 from reports.response_rates import SUPPRESSED, response_rates
 
+STAGES = ["sent", "delivered", "started", "completed"]
+
 
 def _invitations(rows):
-    return pd.DataFrame(
-        [
-            {"invitation_id": i, "wave": w, "instrument": "staff_morale", "home": h, "status": s}
-            for i, (w, h, s) in enumerate(rows)
-        ]
-    )
+    """Invitations whose furthest stage is given (`failed`: never sent)."""
+    records = []
+    for i, (wave, home, furthest) in enumerate(rows):
+        reached = STAGES[: STAGES.index(furthest) + 1] if furthest in STAGES else []
+        records.append(
+            {
+                "invitation_id": i,
+                "wave": wave,
+                "instrument": "staff_morale",
+                "home": home,
+                **{f"reached_{s}": s in reached for s in STAGES},
+            }
+        )
+    return pd.DataFrame(records)
 
 
 def test_response_rates_count_the_funnel_and_suppress_small_homes():
