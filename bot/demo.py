@@ -41,6 +41,9 @@ def _shifted_programme(now: dt.datetime, folder: Path) -> Path:
     first = min(_local(w["opens"], tz) for w in waves)
     start = now.astimezone(tz).replace(second=0, microsecond=0) - dt.timedelta(minutes=1)
     shift = start - first
+    for cohort in data["cohorts"]:
+        if isinstance(cohort.get("starts_on"), dt.date):
+            cohort["starts_on"] = cohort["starts_on"] + dt.timedelta(days=shift.days)
     for wave in waves:
         for name in ("opens", "closes"):
             wave[name] = (_local(wave[name], tz) + shift).strftime("%Y-%m-%d %H:%M")

@@ -3,7 +3,9 @@ wave is going (counts only: no names or answers)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, render_template
 from sqlalchemy import func, select
@@ -12,6 +14,12 @@ from bot.db import get_session
 from storage.models import Invitation, Person, Programme, utcnow
 
 bp = Blueprint("overview", __name__)
+
+
+@bp.app_template_filter("local_time")
+def local_time(when: dt.datetime, tz_name: str) -> str:
+    """A stored UTC instant as the programme's local time, e.g. `4 Jan 2027 09:00 GMT`."""
+    return when.astimezone(ZoneInfo(tz_name)).strftime("%-d %b %Y %H:%M %Z")
 
 
 @bp.get("/")

@@ -68,8 +68,8 @@ def invitation_email(
     closing = closes.strftime("%A %-d %B %Y")
     body = (
         f"Dear {first_name(given_name)},\n\n"
-        f"As part of {programme}, we would be grateful if you could answer the "
-        f"{instrument_title}{about}. It takes about 5 minutes.\n\n"
+        f"As part of {programme}, we would be grateful if you could answer a short "
+        f'survey, "{instrument_title}"{about}. It takes about 5 minutes.\n\n'
         f"Your personal link (please do not forward it):\n{link}\n\n"
         f"The survey closes on {closing}. You can stop and come back to it from the same "
         "link until then.\n\nThank you,\nThe programme team\n"

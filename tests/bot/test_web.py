@@ -188,3 +188,26 @@ def test_dev_mailbox_stays_while_only_twilio_is_configured(tmp_path, database_ur
     client = app.test_client()
     assert client.get("/dev/phone").status_code == 404
     assert client.get("/dev/mailbox").status_code == 200
+
+
+def test_start_page_and_dev_pages_show_the_demo_programme(client, session, app):
+    from bot.demo import seed
+    from bot.outbound import Outbound
+    from bot.transports import DevMailbox, DevPhone
+
+    tick = seed(session, Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox()))
+    session.commit()
+    assert tick.opened == 1 and tick.invited == tick.sent > 20
+    home = client.get("/").get_data(as_text=True)
+    assert "NW London care home leadership programme 2027" in home
+    for name in ("Willow Court", "Elmfield House", "Harrow Lodge"):
+        assert name in home
+    assert "Baseline (before the programme)" in home and ">open<" in home
+    assert "GMT" in home or "BST" in home  # times in the programme's zone, not UTC
+    phone = client.get("/dev/phone")
+    mailbox = client.get("/dev/mailbox")
+    assert phone.status_code == mailbox.status_code == 200
+    assert phone.get_data(as_text=True).count("Reply STOP to opt out") >= 20
+    mail = mailbox.get_data(as_text=True)
+    assert "How you feel about your work as a manager" in mail
+    assert "/s/" in mail
