@@ -6,7 +6,6 @@ service) and prints what it did. Problems exit with status 1 and say what to fix
 
 from __future__ import annotations
 
-import datetime as dt
 import signal
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from bot.db import get_engine, get_session
 from bot.outbound import Outbound
 from bot.transports import TransportUnavailable, make_transports
 from storage import db as storage_db
-from storage.models import Programme, utcnow
+from storage.models import utcnow
 from storage.roster import RosterError, import_roster
 from surveys.programme import ProgrammeError, load_programme
 
@@ -149,7 +148,7 @@ def demo_command(keep: Path | None) -> None:
     mailbox, and simulated respondents answering through the real answer path.
     """
     from bot.demo import run_cycle
-    from bot.summary import programme_summary
+    from bot.summary import programme_summary, resolve_programme
 
     with tempfile.TemporaryDirectory() as folder:
         path = keep or Path(folder) / "demo.sqlite3"
@@ -175,7 +174,7 @@ def demo_command(keep: Path | None) -> None:
                     f"{wave.name} ({wave.opens_at:%d %b %Y} to {wave.closes_at:%d %b %Y}): "
                     f"{tick.invited} invited, {tick.sent} sent, {completed} completed"
                 )
-            key = session.scalar(Programme.__table__.select().with_only_columns(Programme.key))
+            key = resolve_programme(session, None)
             text, _ = programme_summary(session, key, "baseline", "end")
             click.echo("")
             click.echo(text)
@@ -253,6 +252,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-_ = dt  # dates are parsed by the commands' options in later versions

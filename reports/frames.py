@@ -3,9 +3,11 @@ contact details: reports work on these and nothing else."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from storage.models import (
     Answer,
@@ -40,26 +42,11 @@ INVITATION_COLUMNS = [
 ]
 
 
-def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
-    """One row per invitation of the programme, with its wave, instrument, home and status."""
-    stmt = (
-        select(
-            Invitation.id,
-            Programme.key,
-            Cohort.key,
-            Wave.key,
-            Wave.kind,
-            Wave.opens_at,
-            Instrument.key,
-            CareHome.name,
-            Person.role,
-            Invitation.channel,
-            Invitation.rater_relation,
-            Invitation.status,
-            Invitation.person_id,
-            Invitation.subject_person_id,
-        )
-        .join(Wave, Invitation.wave_id == Wave.id)
+def _with_context(stmt: Select[Any], programme_key: str) -> Select[Any]:
+    """Join an invitation query to its wave, cohort, programme, instrument, person and home,
+    keeping the programme's rows only."""
+    return (
+        stmt.join(Wave, Invitation.wave_id == Wave.id)
         .join(Cohort, Wave.cohort_id == Cohort.id)
         .join(Programme, Cohort.programme_id == Programme.id)
         .join(InstrumentVersion, Invitation.instrument_version_id == InstrumentVersion.id)
@@ -67,8 +54,28 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         .join(Person, Invitation.person_id == Person.id)
         .join(CareHome, Person.care_home_id == CareHome.id)
         .where(Programme.key == programme_key)
-        .order_by(Invitation.id)
     )
+
+
+def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
+    """One row per invitation of the programme, with its wave, instrument, home and status."""
+    stmt = select(
+        Invitation.id,
+        Programme.key,
+        Cohort.key,
+        Wave.key,
+        Wave.kind,
+        Wave.opens_at,
+        Instrument.key,
+        CareHome.name,
+        Person.role,
+        Invitation.channel,
+        Invitation.rater_relation,
+        Invitation.status,
+        Invitation.person_id,
+        Invitation.subject_person_id,
+    )
+    stmt = _with_context(stmt, programme_key).order_by(Invitation.id)
     frame = pd.DataFrame(session.execute(stmt).all(), columns=INVITATION_COLUMNS)
     # The funnel needs the furthest stage ever reached: an invitation that was delivered
     # and then expired unanswered still counts as delivered.
@@ -86,7 +93,6 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
 
 def answers_frame(session: Session, programme_key: str) -> pd.DataFrame:
     """One row per answered item, keyed by pseudonymous ids (person, subject), never names."""
-    subject = aliased(Person)
     stmt = (
         select(
             Cohort.key,
@@ -103,16 +109,8 @@ def answers_frame(session: Session, programme_key: str) -> pd.DataFrame:
         )
         .join(Response, Answer.response_id == Response.id)
         .join(Invitation, Response.invitation_id == Invitation.id)
-        .join(Wave, Invitation.wave_id == Wave.id)
-        .join(Cohort, Wave.cohort_id == Cohort.id)
-        .join(Programme, Cohort.programme_id == Programme.id)
-        .join(InstrumentVersion, Invitation.instrument_version_id == InstrumentVersion.id)
-        .join(Instrument, InstrumentVersion.instrument_id == Instrument.id)
-        .join(Person, Invitation.person_id == Person.id)
-        .join(CareHome, Person.care_home_id == CareHome.id)
-        .outerjoin(subject, Invitation.subject_person_id == subject.id)
-        .where(Programme.key == programme_key, Answer.value.is_not(None))
     )
+    stmt = _with_context(stmt, programme_key).where(Answer.value.is_not(None))
     columns = [
         "cohort",
         "wave",
