@@ -266,7 +266,7 @@ class RosterReport:
         elif self.problems:
             lines.append(
                 f"Nothing was imported: {len(self.problems)} problem(s). Fix them and upload "
-                "again, or import only the valid rows by skipping invalid ones."
+                "again, or import only the valid rows with --skip-invalid."
             )
         else:
             lines.append("Nothing was imported.")
