@@ -24,9 +24,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
 
-    from bot import db, devtools, health, overview, survey_links
+    from bot import db, devtools, errors, health, overview, survey_links
 
     db.init_app(app)
+    errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(overview.bp)
     app.register_blueprint(survey_links.bp)

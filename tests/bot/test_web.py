@@ -211,3 +211,26 @@ def test_start_page_and_dev_pages_show_the_demo_programme(client, session, app):
     mail = mailbox.get_data(as_text=True)
     assert "How you feel about your work as a manager" in mail
     assert "/s/" in mail
+
+
+def test_pages_on_an_unmigrated_database_are_503_not_500(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
+            "SECRET_KEY": "k" * 20,
+            "INSTANCE_PATH": str(tmp_path),
+        }
+    )
+    client = app.test_client()
+    for path in ("/", "/s/some-token", "/dev/phone"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert "cannot reach its database" in response.get_data(as_text=True)
+        assert "Traceback" not in response.get_data(as_text=True)
+
+
+def test_unknown_page_is_a_plain_404(client):
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert "Not Found" in response.get_data(as_text=True)

@@ -1,0 +1,45 @@
+"""Error pages: a short, plain page for every error, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def init_app(app: Flask) -> None:
+    """Register the error pages."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return render_template(
+            "error.html", code=exc.code, title=exc.name, detail=exc.description
+        ), exc.code
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(ProgrammingError)
+    def database_unavailable(exc: Exception):
+        # An unreachable or unmigrated database: tell the caller to come back (and a
+        # retrying client such as Twilio to retry), rather than fail with a 500.
+        log.error("database unavailable: %s", exc.__class__.__name__)
+        return render_template(
+            "error.html",
+            code=503,
+            title="Service unavailable",
+            detail="carepulse cannot reach its database just now. Please try again shortly.",
+        ), 503
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return render_template(
+            "error.html",
+            code=500,
+            title="Something went wrong",
+            detail="Sorry, something went wrong on our side. Answers you had already "
+            "saved are safe; please try again.",
+        ), 500
