@@ -24,7 +24,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
 
-    from bot import db, devtools, errors, health, overview, survey_links
+    from bot import db, devtools, errors, health, overview, survey_links, twilio_webhooks
 
     db.init_app(app)
     errors.init_app(app)
@@ -32,4 +32,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(overview.bp)
     app.register_blueprint(survey_links.bp)
     app.register_blueprint(devtools.bp)
+    app.register_blueprint(twilio_webhooks.bp)
+    if settings.trusted_proxies:
+        # Behind a TLS-terminating proxy, trust its X-Forwarded-* headers (and only its).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
     return app

@@ -65,6 +65,7 @@ class Settings:
     instance_path: Path
     twilio: TwilioSettings | None = None
     smtp: SmtpSettings | None = None
+    trusted_proxies: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,6 +216,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         except EmailNotValidError as exc:
             raise ConfigError(f"MAIL_FROM={mail_from!r} is not an email address: {exc}") from None
     mail_from = mail_from or "carepulse@dev-mailbox.test"
+    proxies = _get(env, "TRUSTED_PROXIES") or "0"
+    if not proxies.isdigit():
+        raise ConfigError(f"TRUSTED_PROXIES={proxies!r} is not a whole number (proxies in front)")
     default_db = f"sqlite:///{instance_path / 'carepulse.sqlite3'}"
     return Settings(
         database_url=_database_url(_get(env, "DATABASE_URL") or default_db),
@@ -225,4 +229,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         instance_path=instance_path,
         twilio=twilio,
         smtp=smtp,
+        trusted_proxies=int(proxies),
     )

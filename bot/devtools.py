@@ -10,7 +10,8 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from sqlalchemy import select
 
 from bot.db import get_session
-from storage.models import Message, Person
+from storage.models import Message, Person, utcnow
+from surveys.sms_inbox import InboundSms, handle_inbound, record_replies
 
 bp = Blueprint("devtools", __name__, url_prefix="/dev")
 
@@ -46,7 +47,7 @@ def phone():
 
 @bp.post("/phone/<number>/reply")
 def reply(number: str):
-    """Store a reply typed on the development phone as an inbound SMS from `number`."""
+    """A reply typed on the development phone, handled as an inbound SMS from `number`."""
     if not _E164.match(number):
         abort(404)
     body = (request.form.get("body") or "").strip()
@@ -54,18 +55,11 @@ def reply(number: str):
         flash("Type a reply of 1 to 1600 characters.")
         return redirect(url_for("devtools.phone", _anchor=number))
     session = get_session()
-    person = session.scalar(select(Person).where(Person.mobile == number))
-    session.add(
-        Message(
-            direction="in",
-            channel="sms",
-            person=person,
-            from_address=number,
-            to_address="dev-phone",
-            body=body,
-            status="received",
-        )
-    )
+    now = utcnow()
+    # The same conversation code as a real text through Twilio's webhook.
+    result = handle_inbound(session, InboundSms(number, "dev-phone", body, None), now)
+    person = result.message.person if result.message else None
+    record_replies(session, person, number, "dev-phone", result.replies, "delivered", now)
     session.commit()
     return redirect(url_for("devtools.phone", _anchor=number))
 

@@ -9,9 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.config import Settings
-from bot.transports import EmailTransport, SmsTransport
+from bot.transports import EmailTransport, SendError, SmsTransport
 from storage.models import Invitation, Message, utcnow
 from surveys.invitations import set_status
+from surveys.opt_outs import is_opted_out, opt_out
+from surveys.sms_inbox import conversations_of, opening, uses_conversation
 from surveys.wording import invitation_email, invitation_sms
 
 
@@ -29,14 +31,22 @@ class Outbound:
 
     def send_invitation(
         self, session: Session, invitation: Invitation, now: dt.datetime | None = None
-    ) -> Message:
-        """Send one pending invitation by its channel; the message is stored before sending."""
+    ) -> Message | None:
+        """Send one pending invitation by its channel; the message is stored before sending.
+
+        Returns None when nothing is sent now: the person is already in another SMS
+        conversation (this one starts when that one ends), or has opted out.
+        """
         now = now or utcnow()
         person = invitation.person
-        programme = invitation.wave.cohort.programme
         if invitation.channel == "sms":
             assert person.mobile, "invitation by SMS needs a mobile"
-            body = invitation_sms(person.given_name, person.care_home.name, self.link(invitation))
+            if is_opted_out(session, "sms", person.mobile):
+                set_status(invitation, "opted_out", now, detail="opted out before sending")
+                return None
+            body = self._sms_body(session, invitation, now)
+            if body is None:
+                return None
             message = Message(
                 direction="out",
                 channel="sms",
@@ -47,43 +57,90 @@ class Outbound:
             )
         else:
             assert person.email, "invitation by email needs an email address"
-            definition = invitation.instrument_version.definition
-            text = invitation_email(
-                given_name=person.given_name,
-                programme=programme.name,
-                instrument_title=definition["title"],
-                subject_name=invitation.subject.full_name
-                if invitation.subject and invitation.rater_relation != "self"
-                else None,
-                closes=invitation.wave.closes_at,
-                link=self.link(invitation),
-            )
-            message = Message(
-                direction="out",
-                channel="email",
-                to_address=person.email,
-                from_address=self.settings.mail_from,
-                subject=text.subject,
-                body=text.body,
-                status="queued",
-            )
-        message.person = person
-        message.invitation = invitation
+            message = self._email_message(invitation)
+        message.person, message.invitation = person, invitation
         message.created_at = message.updated_at = now
         session.add(message)
         session.flush()
-        if message.channel == "sms":
-            result = self.sms.send_sms(message.to_address, message.body or "")
-        else:
-            result = self.email.send_email(
-                message.to_address, message.subject or "", message.body or ""
-            )
+        self._deliver(session, message, invitation, now)
+        return message
+
+    def _sms_body(self, session: Session, invitation: Invitation, now: dt.datetime) -> str | None:
+        person = invitation.person
+        if not uses_conversation(invitation):
+            return invitation_sms(person.given_name, person.care_home.name, self.link(invitation))
+        live = conversations_of(session, person, now, ("sent", "delivered", "started"))
+        if live:
+            return None  # one conversation at a time: this one waits its turn
+        waiting = conversations_of(session, person, now, ("pending",))
+        total = len(waiting)
+        position = 1 if total > 1 else None
+        return opening(invitation, position=position, total=total if total > 1 else None)
+
+    def _email_message(self, invitation: Invitation) -> Message:
+        person = invitation.person
+        definition = invitation.instrument_version.definition
+        subject = invitation.subject if invitation.rater_relation != "self" else None
+        text = invitation_email(
+            given_name=person.given_name,
+            programme=invitation.wave.cohort.programme.name,
+            instrument_title=definition["title"],
+            subject_name=subject.full_name if subject else None,
+            closes=invitation.wave.closes_at,
+            link=self.link(invitation),
+        )
+        return Message(
+            direction="out",
+            channel="email",
+            to_address=person.email or "",
+            from_address=self.settings.mail_from,
+            subject=text.subject,
+            body=text.body,
+            status="queued",
+        )
+
+    def _deliver(
+        self, session: Session, message: Message, invitation: Invitation, now: dt.datetime
+    ) -> None:
+        try:
+            if message.channel == "sms":
+                result = self.sms.send_sms(message.to_address, message.body or "")
+            else:
+                result = self.email.send_email(
+                    message.to_address, message.subject or "", message.body or ""
+                )
+        except SendError as exc:
+            self._failed(session, message, invitation, exc, now)
+            return
         message.provider_id, message.status = result.provider_id, result.status
         set_status(invitation, "sent", now)
         if result.status == "delivered":
             set_status(invitation, "delivered", now)
         session.flush()
-        return message
+
+    def _failed(
+        self,
+        session: Session,
+        message: Message,
+        invitation: Invitation,
+        exc: SendError,
+        now: dt.datetime,
+    ) -> None:
+        message.error_code, message.error_message = exc.code, str(exc)
+        message.status = "failed" if exc.permanent else "error"
+        if exc.opted_out:
+            opt_out(
+                session,
+                message.channel,
+                message.to_address,
+                f"provider {exc.code}",
+                invitation.person,
+                now,
+            )
+        elif exc.permanent:
+            set_status(invitation, "failed", now, detail=f"{exc.code}: {exc}")
+        # A transient failure leaves the invitation pending: the next run retries it.
+        session.flush()
 
     def send_pending(self, session: Session, now: dt.datetime | None = None) -> int:
         """Send every pending invitation of an open wave; returns how many were sent."""
@@ -94,7 +151,7 @@ class Outbound:
         sent = 0
         for invitation in pending:
             wave = invitation.wave
-            if wave.opens_at <= now < wave.closes_at:
-                self.send_invitation(session, invitation, now)
-                sent += 1
+            if wave.opens_at <= now < wave.closes_at and invitation.status == "pending":
+                message = self.send_invitation(session, invitation, now)
+                sent += message is not None and message.status not in ("failed", "error")
         return sent

@@ -268,6 +268,9 @@ class WaveInstrument(Base):
     # {"self": [...], "staff": [...], ...}} for a 360 where each subject is appraised.
     audience: Mapped[dict[str, Any]] = mapped_column(default=dict)
     channel: Mapped[str | None] = mapped_column(String(8))
+    # How SMS invitations ask: `conversation` (questions by text, answers by reply) or
+    # `link` (a text with the survey link). None: conversation for short instruments.
+    sms_mode: Mapped[str | None] = mapped_column(String(16))
 
     wave: Mapped[Wave] = relationship(back_populates="instruments")
     instrument_version: Mapped[InstrumentVersion] = relationship()
@@ -291,6 +294,8 @@ class Invitation(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     status_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Where an SMS conversation stands (surveys.conversation.State as JSON).
+    sms_state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     wave: Mapped[Wave] = relationship()
     instrument_version: Mapped[InstrumentVersion] = relationship()
@@ -376,6 +381,7 @@ class Message(Base):
 
     __table_args__ = (
         UniqueConstraint("channel", "provider_id"),
+        Index("ix_messages_person_created", "person_id", "created_at"),
         CheckConstraint("direction IN ('in', 'out')", name="direction_known"),
         CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
     )

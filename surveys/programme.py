@@ -8,7 +8,8 @@ started with, so answers within a wave always share one wording.
 
 File format (see `examples/programme.yaml`)::
 
-    programme: {key, name, timezone?, anonymity_threshold?}
+    programme: {key, name, timezone?, anonymity_threshold?, contact?,
+                signposts?: [{id, instrument, item, values: [1], message}]}
     cohorts:
       - key, name, starts_on?
         homes: [name | {name, cqc_location_id?, local_authority?}]
@@ -17,7 +18,7 @@ File format (see `examples/programme.yaml`)::
             opens: "YYYY-MM-DD HH:MM" (programme time zone), closes: ...,
             reminders?: {after_days: [2, 5], max?: 2},
             ask:
-              - {instrument, roles: [...], channel?: sms|email}
+              - {instrument, roles: [...], channel?: sms|email, sms?: conversation|link}
               - {instrument, subjects: manager, raters: {self: [manager], staff: [...]}}
 """
 
@@ -49,6 +50,7 @@ from storage.models import (
 from surveys.catalogue import ensure_version
 from surveys.instruments import InstrumentDefinition, load_library
 
+SMS_MODES = ("conversation", "link")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -174,7 +176,11 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
     check = _Checker()
     check.unknown(raw, {"programme", "cohorts"}, "(top level)")
     prog = check.need(raw, "programme", "(top level)", dict) or {}
-    check.unknown(prog, {"key", "name", "timezone", "anonymity_threshold"}, "programme")
+    check.unknown(
+        prog,
+        {"key", "name", "timezone", "anonymity_threshold", "contact", "signposts"},
+        "programme",
+    )
     key = check.need(prog, "key", "programme")
     if key and not _KEY.match(key):
         check.problems.append(f"programme.key: {key!r} must be lower-case letters, digits, - or _")
@@ -194,14 +200,49 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
         "anonymity_threshold": threshold,
         "cohorts": [],
     }
-    cohorts = check.need(raw, "cohorts", "(top level)", list) or []
     library = load_library()
+    contact = prog.get("contact")
+    if contact is not None and not isinstance(contact, str):
+        check.problems.append("programme.contact: expected text (an email or phone number)")
+    plan["settings"] = {
+        "contact": contact,
+        "signposts": _signposts(prog.get("signposts") or [], library, check),
+    }
+    cohorts = check.need(raw, "cohorts", "(top level)", list) or []
     for c_index, cohort in enumerate(cohorts):
         plan["cohorts"].append(_parse_cohort(cohort, f"cohorts[{c_index}]", tz, library, check))
     _check_unique([c["key"] for c in plan["cohorts"]], "cohorts[].key", check)
     if check.problems:
         raise ProgrammeError(str(path), check.problems)
     return plan
+
+
+def _signposts(
+    raw: Any, library: dict[str, InstrumentDefinition], check: _Checker
+) -> list[dict[str, Any]]:
+    """Support messages the programme attaches to answers, e.g. morale 1 -> where to get help."""
+    if not isinstance(raw, list):
+        check.problems.append("programme.signposts: expected a list")
+        return []
+    out = []
+    for index, entry in enumerate(raw):
+        where = f"programme.signposts[{index}]"
+        check.unknown(entry, {"id", "instrument", "item", "values", "message"}, where)
+        ident, name = check.need(entry, "id", where), check.need(entry, "instrument", where)
+        item, message = check.need(entry, "item", where), check.need(entry, "message", where)
+        values = entry.get("values") if isinstance(entry, dict) else None
+        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+            check.problems.append(f"{where}.values: expected a list of answer numbers")
+            values = []
+        if name and name not in library:
+            check.problems.append(f"{where}.instrument: unknown instrument {name!r}")
+        elif name and item and item not in library[name].item_ids:
+            check.problems.append(f"{where}.item: {name} has no item {item!r}")
+        out.append(
+            {"id": ident, "instrument": name, "item": item, "values": values, "message": message}
+        )
+    _check_unique([s["id"] for s in out], "programme.signposts[].id", check)
+    return out
 
 
 def _parse_cohort(
@@ -257,7 +298,7 @@ def _parse_wave(
     asks = []
     for a_index, ask in enumerate(check.need(wave, "ask", where, list) or []):
         a_where = f"{where}.ask[{a_index}]"
-        check.unknown(ask, {"instrument", "roles", "channel", "subjects", "raters"}, a_where)
+        check.unknown(ask, {"instrument", "roles", "channel", "subjects", "raters", "sms"}, a_where)
         name = check.need(ask, "instrument", a_where)
         if name and name not in library:
             check.problems.append(f"{a_where}.instrument: unknown instrument {name!r}")
@@ -265,7 +306,12 @@ def _parse_wave(
         if channel is not None and channel not in CHANNELS:
             check.problems.append(f"{a_where}.channel: {channel!r} is not one of {list(CHANNELS)}")
         audience = _audience(ask if isinstance(ask, dict) else {}, a_where, check)
-        asks.append({"instrument": name, "channel": channel, "audience": audience})
+        sms_mode = ask.get("sms") if isinstance(ask, dict) else None
+        if sms_mode is not None and sms_mode not in SMS_MODES:
+            check.problems.append(f"{a_where}.sms: {sms_mode!r} is not one of {list(SMS_MODES)}")
+        asks.append(
+            {"instrument": name, "channel": channel, "audience": audience, "sms_mode": sms_mode}
+        )
     return {
         "key": check.need(wave, "key", where),
         "kind": kind,
@@ -304,6 +350,7 @@ def load_programme(session: Session, path: str | Path) -> ProgrammeReport:
         name=plan["name"],
         timezone=plan["timezone"],
         anonymity_threshold=plan["anonymity_threshold"],
+        settings={**(programme.settings or {}), **plan["settings"]},
     )
     session.flush()
     for cohort_plan in plan["cohorts"]:
@@ -398,12 +445,19 @@ def _load_wave(
         if current is None:
             wave.instruments.append(
                 WaveInstrument(
-                    instrument_version=version, audience=ask["audience"], channel=ask["channel"]
+                    instrument_version=version,
+                    audience=ask["audience"],
+                    channel=ask["channel"],
+                    sms_mode=ask["sms_mode"],
                 )
             )
             report.created.append(f"{label} asks {ask['instrument']}")
             continue
-        values: dict[str, Any] = {"audience": ask["audience"], "channel": ask["channel"]}
+        values: dict[str, Any] = {
+            "audience": ask["audience"],
+            "channel": ask["channel"],
+            "sms_mode": ask["sms_mode"],
+        }
         if not started:  # a wave under way keeps the wording its answers were given to
             values["instrument_version_id"] = version.id
         _assign(current, report, f"{label} asks {ask['instrument']}", **values)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import unicodedata
 from dataclasses import dataclass
 
-from surveys.instruments import GSM7_BASIC_CHARS
+# The GSM helpers live in surveys.sms; they are re-exported here for existing callers.
+from surveys.sms import fit_one_segment as fit_one_segment
+from surveys.sms import gsm_safe as gsm_safe
 
 
 @dataclass(frozen=True)
@@ -23,25 +24,7 @@ def first_name(name: str) -> str:
 
 
 SMS_SEGMENT = 160
-
-
-def gsm_safe(text: str) -> str:
-    """`text` in GSM-7 characters only: accents are dropped rather than letting one 'â'
-    switch the whole message to UCS-2, which cuts a segment from 160 to 70 characters."""
-    out = []
-    for ch in text:
-        if ch in GSM7_BASIC_CHARS:
-            out.append(ch)
-            continue
-        plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
-        out.append(plain if plain and all(c in GSM7_BASIC_CHARS for c in plain) else "")
-    return "".join(out)
-
-
-def fit_one_segment(*variants: str) -> str:
-    """The first variant that fits one GSM-7 segment, made GSM-safe; the last one otherwise."""
-    safe = [gsm_safe(v) for v in variants]
-    return next((v for v in safe if len(v) <= SMS_SEGMENT), safe[-1])
+"""Characters in one GSM-7 SMS segment (see :mod:`surveys.sms` for the full arithmetic)."""
 
 
 def invitation_sms(given_name: str, home: str, link: str) -> str:

@@ -180,3 +180,73 @@ class Factory:
 def factory(session: Session) -> Factory:
     """Builds homes, people and programmes in the test database."""
     return Factory(session)
+
+
+TWILIO_SID = "AC" + "5" * 32
+TWILIO_TOKEN = "test-auth-token-0123456789abcdef"
+TWILIO_NUMBER = "+447700900999"
+
+
+@pytest.fixture
+def twilio_fake():
+    """A Twilio-compatible server on 127.0.0.1 that the official SDK is pointed at."""
+    from tests.support.twilio_server import FakeTwilio
+
+    with FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN) as fake:
+        yield fake
+
+
+class LiveApp:
+    """The app served over real HTTP on loopback, so a fake Twilio can call its webhooks."""
+
+    def __init__(self, app, url: str) -> None:
+        self.app, self.url = app, url
+
+    def settings(self):
+        return self.app.config["CAREPULSE"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_twilio_app(engine, database_url, tmp_path, twilio_fake, request):
+    """The app configured for Twilio (pointed at `twilio_fake`), served on loopback.
+
+    Extra settings come from `@pytest.mark.app_config({...})`.
+    """
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from bot import create_app
+
+    port = _free_port()
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key-for-the-suite",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
+        "TWILIO_API_BASE_URL": twilio_fake.base_url,
+    }
+    marker = request.node.get_closest_marker("app_config")
+    if marker:
+        config.update(marker.args[0])
+    app = create_app(config)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield LiveApp(app, f"http://127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)

@@ -9,8 +9,14 @@ from sqlalchemy import select
 
 from bot import create_app
 from storage.models import Answer, Invitation, Message
-from surveys.instruments import GSM7_BASIC_CHARS
 from surveys.invitations import open_wave
+
+
+def _fresh(session):
+    """End the test's transaction and forget loaded rows, to see what the app committed."""
+    session.rollback()
+    session.expire_all()
+
 
 STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
 NOW = dt.datetime.now(dt.UTC)
@@ -84,7 +90,7 @@ def test_survey_link_shows_the_question_and_stores_the_answer(client, session, f
     done = client.post(f"/s/{invitation.token}", data={"morale": "4"})
     assert done.status_code == 200
     assert "Your answers have been saved" in done.get_data(as_text=True)
-    session.rollback()  # end the test's read snapshot to see what the app committed
+    _fresh(session)
     assert [(a.item_id, a.value, a.channel) for a in session.scalars(select(Answer))] == [
         ("morale", 4, "web")
     ]
@@ -115,7 +121,7 @@ def test_unknown_and_expired_links_say_which(client, session, factory):
     assert "This survey has closed" in expired.get_data(as_text=True)
 
 
-def test_dev_phone_shows_texts_and_takes_replies(client, session, factory, app):
+def test_dev_phone_runs_the_real_conversation(client, session, factory, app):
     from bot.outbound import Outbound
     from bot.transports import DevMailbox, DevPhone
 
@@ -127,31 +133,48 @@ def test_dev_phone_shows_texts_and_takes_replies(client, session, factory, app):
     assert invitation.status == "delivered"
     phone = client.get("/dev/phone").get_data(as_text=True)
     assert "Amara0" in phone and "Willow Court" in phone
-    assert f"http://127.0.0.1:5000/s/{invitation.token}" in phone
+    assert "How is morale in your care home at the moment?" in phone
     number = people[0].mobile
-    reply = client.post(f"/dev/phone/{number}/reply", data={"body": "4"})
-    assert reply.status_code == 302
-    session.rollback()
-    inbound = session.scalars(select(Message).where(Message.direction == "in")).one()
-    assert (inbound.from_address, inbound.body, inbound.person_id) == (number, "4", people[0].id)
+    garbled = client.post(f"/dev/phone/{number}/reply", data={"body": "9"})
+    assert garbled.status_code == 302
+    page = client.get("/dev/phone").get_data(as_text=True)
+    assert "9 is not" in page, page
+    client.post(f"/dev/phone/{number}/reply", data={"body": "four"})
+    _fresh(session)
+    inbound = session.scalars(select(Message).where(Message.direction == "in")).all()
+    assert [(m.from_address, m.body, m.person_id) for m in inbound] == [
+        (number, "9", people[0].id),
+        (number, "four", people[0].id),
+    ]
+    answer = session.scalars(select(Answer)).one()
+    assert (answer.item_id, answer.value, answer.channel) == ("morale", 4, "sms")
+    assert session.get(Invitation, invitation.id).status == "completed"
+    assert "Thank you" in client.get("/dev/phone").get_data(as_text=True)
     assert client.post("/dev/phone/not-a-number/reply", data={"body": "x"}).status_code == 404
 
 
 def test_every_sent_sms_fits_one_segment(client, session, factory, app):
     from bot.outbound import Outbound
     from bot.transports import DevMailbox, DevPhone
+    from surveys.sms import encoding, segments
 
     home = factory.home("The Royal Borough Residential and Nursing Home")
     factory.person(home, given_name="Siân-Bartholomew")
+    factory.person(home, given_name="Zoë")
+    link = {"roles": STAFF}
     _, wave = factory.programme(
-        [home], [("staff_morale", {"roles": STAFF}, "sms")], opens=NOW - dt.timedelta(hours=1)
+        [home],
+        [("staff_morale", {"roles": STAFF}, "sms"), ("appraisal_360", link, "sms")],
+        opens=NOW - dt.timedelta(hours=1),
     )
+    wave.instruments[1].sms_mode = "link"
     open_wave(session, wave, NOW)
     Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox()).send_pending(session, NOW)
-    body = session.scalars(select(Message)).one().body
-    assert len(body) <= 160, body
-    assert all(ch in GSM7_BASIC_CHARS for ch in body), body
-    assert re.search(r"/s/[A-Za-z0-9_-]{32}", body)
+    bodies = [m.body for m in session.scalars(select(Message))]
+    assert len(bodies) == 4
+    for body in bodies:
+        assert segments(body) == 1 and encoding(body) == "GSM-7", body
+    assert sum(bool(re.search(r"/s/[A-Za-z0-9_-]{32}", b)) for b in bodies) == 2
 
 
 def test_dev_pages_do_not_exist_when_real_providers_are_configured(tmp_path, database_url):
@@ -207,7 +230,7 @@ def test_start_page_and_dev_pages_show_the_demo_programme(client, session, app):
     phone = client.get("/dev/phone")
     mailbox = client.get("/dev/mailbox")
     assert phone.status_code == mailbox.status_code == 200
-    assert phone.get_data(as_text=True).count("Reply STOP to opt out") >= 20
+    assert phone.get_data(as_text=True).count("STOP to opt out") >= 20
     mail = mailbox.get_data(as_text=True)
     assert "How you feel about your work as a manager" in mail
     assert "/s/" in mail

@@ -1,0 +1,1 @@
+"""Test support code: fakes of the outside services carepulse talks to."""
