@@ -50,7 +50,7 @@ def reply(number: str):
     """A reply typed on the development phone, handled as an inbound SMS from `number`."""
     if not _E164.match(number):
         abort(404)
-    body = (request.form.get("body") or "").strip()
+    body = (request.form.get("body") or "").replace("\x00", "").strip()
     if not body or len(body) > 1600:
         flash("Type a reply of 1 to 1600 characters.")
         return redirect(url_for("devtools.phone", _anchor=number))

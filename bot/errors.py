@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, render_template
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,16 @@ def init_app(app: Flask) -> None:
             title="Service unavailable",
             detail="carepulse cannot reach its database just now. Please try again shortly.",
         ), 503
+
+    @app.errorhandler(DataError)
+    def malformed(exc: Exception):
+        # Input the database cannot hold (a NUL byte, say): the request was malformed.
+        return render_template(
+            "error.html",
+            code=400,
+            title="Bad request",
+            detail="Part of what was sent could not be read. Nothing was saved.",
+        ), 400
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -72,14 +72,17 @@ def inbound_sms() -> Response:
         abort(400, "MessageSid and From (E.164) are required")
     session = get_session()
     now = utcnow()
-    sms = InboundSms(sender, form.get("To", ""), form.get("Body", "")[:1600], sid)
+    # PostgreSQL text cannot hold NUL; Twilio never sends one, a forger might.
+    body = form.get("Body", "").replace("\x00", "")[:1600]
+    to = form.get("To", "").replace("\x00", "")[:32]
+    sms = InboundSms(sender, to, body, sid)
     result = handle_inbound(session, sms, now)
     if result.duplicate:
         session.rollback()
         return _twiml([])  # a retry of a text already answered: nothing more to say
     replies = [] if result.keyword in _TWILIO_ANSWERS else result.replies
     person = result.message.person if result.message else None
-    record_replies(session, person, sender, form.get("To", "twilio"), replies, "sent", now)
+    record_replies(session, person, sender, to or "twilio", replies, "sent", now)
     session.commit()
     return _twiml(replies)
 
@@ -92,6 +95,7 @@ def delivery_status() -> Response:
     if not _SID.match(sid) or not status:
         abort(400, "MessageSid and MessageStatus are required")
     session = get_session()
-    apply_delivery_report(session, sid, status, form.get("ErrorCode") or None)
+    code = form.get("ErrorCode", "").replace("\x00", "")[:16] or None
+    apply_delivery_report(session, sid, status.replace("\x00", "")[:32], code)
     session.commit()
     return Response("", status=204)

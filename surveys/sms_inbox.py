@@ -29,6 +29,7 @@ MAX_TRIES = 2
 CONVERSATION_MAX_ITEMS = 5
 """Instruments up to this length are asked by text by default; longer ones get a link."""
 
+SMS_TITLE_MAX = 28
 _LIVE = ("sent", "delivered", "started")
 
 
@@ -73,8 +74,10 @@ def uses_conversation(invitation: Invitation) -> bool:
 def survey_of(invitation: Invitation) -> conversation.Survey:
     """The engine's view of an invitation's survey."""
     definition = definition_of(invitation.instrument_version)
+    # A long title would push the person's name out of a one-segment opening text.
+    title = definition.title if len(definition.title) <= SMS_TITLE_MAX else ""
     return conversation.Survey(
-        title=definition.title, instrument=definition, relation=invitation.rater_relation
+        title=title, instrument=definition, relation=invitation.rater_relation
     )
 
 
