@@ -48,6 +48,7 @@ from storage.models import (
     WaveInstrument,
 )
 from surveys.catalogue import ensure_version
+from surveys.conversation import Signpost
 from surveys.instruments import InstrumentDefinition, load_library
 
 SMS_MODES = ("conversation", "link")
@@ -238,6 +239,11 @@ def _signposts(
             check.problems.append(f"{where}.instrument: unknown instrument {name!r}")
         elif name and item and item not in library[name].item_ids:
             check.problems.append(f"{where}.item: {name} has no item {item!r}")
+        if ident and values and isinstance(message, str):
+            try:  # the engine's own rule: at least one value, one SMS segment
+                Signpost(ident, name or "", item or "", frozenset(values), message)
+            except ValueError as exc:
+                check.problems.append(f"{where}.message: {exc}")
         out.append(
             {"id": ident, "instrument": name, "item": item, "values": values, "message": message}
         )

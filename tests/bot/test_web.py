@@ -253,6 +253,11 @@ def test_pages_on_an_unmigrated_database_are_503_not_500(tmp_path):
         assert "Traceback" not in response.get_data(as_text=True)
 
 
+def test_malformed_survey_links_are_refused_not_500(client):
+    for path in ("/s/abc%00def", "/s/" + "x" * 5000, "/s/%F0%9F%99%82"):
+        assert client.get(path).status_code in (400, 404), path
+
+
 def test_unknown_page_is_a_plain_404(client):
     response = client.get("/no/such/page")
     assert response.status_code == 404

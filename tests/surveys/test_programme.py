@@ -129,6 +129,17 @@ def test_bad_dates_and_missing_fields(tmp_path):
     assert "cohorts[0].waves[0].opens: 'next monday' is not a date-time" in message
 
 
+def test_a_signpost_longer_than_one_text_is_refused(tmp_path):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["programme"]["signposts"][0]["message"] = "Please look after yourself. " * 8
+    data["programme"]["signposts"][1]["item"] = "happiness"
+    with pytest.raises(ProgrammeError) as caught:
+        parse_programme(_write(tmp_path, data))
+    message = str(caught.value)
+    assert "programme.signposts[0].message: signpost 'low-morale': the message must be" in message
+    assert "programme.signposts[1].item: manager_self_report has no item 'happiness'" in message
+
+
 def test_not_yaml_is_a_clear_error(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("programme: [unclosed")
