@@ -50,6 +50,7 @@ import logging
 import math
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -895,6 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         phone_number=args.phone_number,
         messaging_service_sid=args.messaging_service_sid,
     )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: done.set())
     with fake:
         print(fake.base_url, flush=True)
         print(
@@ -903,7 +906,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            while not done.wait(0.5):
+                pass
     return 0
 
 
