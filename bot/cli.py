@@ -82,6 +82,43 @@ def load_programme_command(file: Path) -> None:
     click.echo(report.summary())
 
 
+@click.command("add-rater")
+@click.option("--programme", "programme_key", help="Programme key (default: the only one).")
+@click.option("--cohort", "cohort_key", help="Cohort key (default: the subject's cohort).")
+@click.option("--wave", "wave_key", required=True, help="Wave key, e.g. baseline.")
+@click.option("--subject", required=True, help="External id, mobile or email of the manager.")
+@click.option("--rater", required=True, help="External id, mobile or email of the rater.")
+@click.option("--relation", required=True, type=click.Choice(["line_manager", "peer"]))
+@with_appcontext
+def add_rater_command(
+    programme_key: str | None,
+    cohort_key: str | None,
+    wave_key: str,
+    subject: str,
+    rater: str,
+    relation: str,
+) -> None:
+    """Invite a named rater (a proprietor as line manager, or a peer) to a manager's 360."""
+    from bot.summary import resolve_programme
+    from surveys.invitations import RaterError, add_named_rater, find_person, find_wave
+
+    _require_migrated()
+    session = get_session()
+    key = resolve_programme(session, programme_key)
+    try:
+        subject_person, rater_person = find_person(session, subject), find_person(session, rater)
+        wave = find_wave(session, key, wave_key, subject_person, cohort_key)
+        invitation = add_named_rater(session, wave, subject_person, rater_person, relation)
+    except (RaterError, LookupError) as exc:
+        session.rollback()
+        raise click.ClickException(str(exc)) from None
+    session.commit()
+    click.echo(
+        f"{rater_person.full_name} is invited as {relation} for {subject_person.full_name}"
+        f" in {wave.key} (by {invitation.channel}, {invitation.status})"
+    )
+
+
 @click.command("send-due")
 @with_appcontext
 def send_due_command() -> None:
@@ -236,6 +273,7 @@ cli = FlaskGroup(
 for command in (
     import_roster_command,
     load_programme_command,
+    add_rater_command,
     send_due_command,
     clock_command,
     report_command,

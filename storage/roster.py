@@ -337,6 +337,14 @@ def _normalise_mobile(text: str) -> str:
     raise _Invalid(f"is {description}, not a mobile number")
 
 
+def normalise_mobile(text: str) -> str | None:
+    """`text` as an E.164 mobile by the roster's rules, or None when it is not one."""
+    try:
+        return _normalise_mobile(text)
+    except _Invalid:
+        return None
+
+
 def _normalise_email(text: str) -> str:
     try:
         return validate_email(text, check_deliverability=False).normalized

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -175,3 +175,112 @@ def expire_wave(session: Session, wave: Wave, now: dt.datetime | None = None) ->
             count += 1
     session.flush()
     return count
+
+
+class RaterError(ValueError):
+    """A named rater cannot be added; the message says why."""
+
+
+def add_named_rater(
+    session: Session,
+    wave: Wave,
+    subject: Person,
+    rater: Person,
+    relation: str,
+    now: dt.datetime | None = None,
+) -> Invitation:
+    """Invite `rater` to rate `subject` in the wave's 360 as `line_manager` or `peer`.
+
+    Named raters sit outside the roster rules: a proprietor who owns several homes, or a
+    manager from another home in the cohort as a peer. Adding the same rater twice returns
+    the existing invitation (the database's unique index would refuse a second one).
+    """
+    now = now or utcnow()
+    if relation not in ("line_manager", "peer"):
+        raise RaterError(f"relation must be line_manager or peer, not {relation!r}")
+    if rater.id == subject.id:
+        raise RaterError("a manager's own rating is the self-rating, not a named rater")
+    tz = ZoneInfo(wave.cohort.programme.timezone)
+    if not rater.is_active_on(now.astimezone(tz).date()):
+        raise RaterError(f"{rater.full_name} is not active on the roster")
+    item = next((wi for wi in wave.instruments if "raters" in wi.audience), None)
+    if item is None:
+        raise RaterError(f"wave {wave.key} asks no 360-degree appraisal")
+    if subject.role != item.audience.get("subject_role"):
+        raise RaterError(f"{subject.full_name} is not appraised in this wave")
+    existing = session.scalar(
+        select(Invitation).where(
+            Invitation.wave_id == wave.id,
+            Invitation.instrument_version_id == item.instrument_version_id,
+            Invitation.person_id == rater.id,
+            Invitation.subject_person_id == subject.id,
+        )
+    )
+    if existing is not None:
+        return existing
+    channel = choose_channel(rater, "email", _opted_out(session))
+    if channel is None:
+        raise RaterError(f"{rater.full_name} has no mobile or email that can be used")
+    invitation = Invitation(
+        wave=wave,
+        instrument_version_id=item.instrument_version_id,
+        person=rater,
+        subject=subject,
+        rater_relation=relation,
+        channel=channel,
+        token=new_token(),
+        status="pending",
+        created_at=now,
+        status_changed_at=now,
+    )
+    invitation.events.append(InvitationEvent(status="pending", at=now, detail="named rater"))
+    session.add(invitation)
+    session.flush()
+    return invitation
+
+
+def find_person(session: Session, reference: str) -> Person:
+    """The person with this external id, mobile (any UK format) or email."""
+    from storage.roster import normalise_mobile  # the roster's own number rules
+
+    reference = reference.strip()
+    candidates = [Person.external_id == reference, func.lower(Person.email) == reference.lower()]
+    mobile = normalise_mobile(reference)
+    if mobile:
+        candidates.append(Person.mobile == mobile)
+    people = session.scalars(select(Person).where(or_(*candidates))).all()
+    if len(people) != 1:
+        raise LookupError(
+            f"no one on the roster is {reference!r}"
+            if not people
+            else f"{reference!r} matches {len(people)} people; use the external id"
+        )
+    return people[0]
+
+
+def find_wave(
+    session: Session, programme_key: str, wave_key: str, subject: Person, cohort_key: str | None
+) -> Wave:
+    """The wave `wave_key` of the cohort (given, or the one whose homes include the subject's)."""
+    from storage.models import Cohort, CohortHome, Programme
+
+    stmt = (
+        select(Wave)
+        .join(Cohort, Wave.cohort_id == Cohort.id)
+        .join(Programme, Cohort.programme_id == Programme.id)
+        .where(Programme.key == programme_key, Wave.key == wave_key)
+    )
+    if cohort_key:
+        stmt = stmt.where(Cohort.key == cohort_key)
+    else:
+        stmt = stmt.join(CohortHome, CohortHome.cohort_id == Cohort.id).where(
+            CohortHome.care_home_id == subject.care_home_id
+        )
+    waves = session.scalars(stmt).all()
+    if len(waves) != 1:
+        raise LookupError(
+            f"no wave {wave_key!r} for {subject.full_name}'s cohort"
+            if not waves
+            else f"wave {wave_key!r} is ambiguous; name the cohort with --cohort"
+        )
+    return waves[0]

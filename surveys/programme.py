@@ -9,7 +9,8 @@ started with, so answers within a wave always share one wording.
 File format (see `examples/programme.yaml`)::
 
     programme: {key, name, timezone?, anonymity_threshold?, contact?,
-                signposts?: [{id, instrument, item, values: [1], message}]}
+                signposts?: [{id, instrument, item, values: [1], message}],
+                min_raters?: {staff: 5, peer: 3, line_manager: 1}}
     cohorts:
       - key, name, starts_on?
         homes: [name | {name, cqc_location_id?, local_authority?}]
@@ -47,6 +48,7 @@ from storage.models import (
     Wave,
     WaveInstrument,
 )
+from storage.roster import normalise_home_key
 from surveys.catalogue import ensure_version
 from surveys.conversation import Signpost
 from surveys.instruments import InstrumentDefinition, load_library
@@ -80,11 +82,6 @@ class ProgrammeReport:
         lines += [f"  created {what}" for what in self.created]
         lines += [f"  updated {what}" for what in self.updated]
         return "\n".join(lines)
-
-
-def home_key(name: str) -> str:
-    """The matching key of a care home name: case and spacing do not matter."""
-    return " ".join(name.split()).lower()
 
 
 class _Checker:
@@ -179,7 +176,7 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
     prog = check.need(raw, "programme", "(top level)", dict) or {}
     check.unknown(
         prog,
-        {"key", "name", "timezone", "anonymity_threshold", "contact", "signposts"},
+        {"key", "name", "timezone", "anonymity_threshold", "contact", "signposts", "min_raters"},
         "programme",
     )
     key = check.need(prog, "key", "programme")
@@ -208,6 +205,7 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
     plan["settings"] = {
         "contact": contact,
         "signposts": _signposts(prog.get("signposts") or [], library, check),
+        "min_raters": _min_raters(prog.get("min_raters"), check),
     }
     cohorts = check.need(raw, "cohorts", "(top level)", list) or []
     for c_index, cohort in enumerate(cohorts):
@@ -216,6 +214,30 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
     if check.problems:
         raise ProgrammeError(str(path), check.problems)
     return plan
+
+
+DEFAULT_MIN_RATERS = {"staff": 5, "peer": 3, "line_manager": 1}
+"""The fewest raters in a 360 relation group for its scores to be reported. Staff and peers
+are anonymous groups; a line manager is reported by name (and is told so)."""
+
+
+def _min_raters(raw: Any, check: _Checker) -> dict[str, int]:
+    """Per-relation minimum group sizes for 360 reports, over the defaults."""
+    minimums = dict(DEFAULT_MIN_RATERS)
+    if raw is None:
+        return minimums
+    if not isinstance(raw, dict):
+        check.problems.append("programme.min_raters: expected a mapping like {staff: 5}")
+        return minimums
+    for relation, value in raw.items():
+        where = f"programme.min_raters.{relation}"
+        if relation not in DEFAULT_MIN_RATERS:
+            check.problems.append(f"{where}: unknown relation; use {list(DEFAULT_MIN_RATERS)}")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            check.problems.append(f"{where}: expected a whole number >= 1")
+        else:
+            minimums[relation] = value
+    return minimums
 
 
 def _signposts(
@@ -400,7 +422,7 @@ def _load_cohort(
 
 
 def _home(session: Session, plan: dict[str, Any], report: ProgrammeReport) -> CareHome:
-    key = home_key(plan["name"])
+    key = normalise_home_key(plan["name"])
     home = session.scalar(select(CareHome).where(CareHome.key == key))
     if home is None:
         home = CareHome(key=key, name=" ".join(plan["name"].split()))

@@ -154,3 +154,18 @@ def test_failed_load_writes_nothing(session, tmp_path):
         load_programme(session, _write(tmp_path, data))
     session.rollback()
     assert _count(session, Programme) == 0
+
+
+def test_min_raters_default_and_override(session, tmp_path):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    plan = parse_programme(_write(tmp_path, data))
+    assert plan["settings"]["min_raters"] == {"staff": 5, "peer": 3, "line_manager": 1}
+    data["programme"]["min_raters"] = {"staff": 4, "boss": 1, "peer": 0}
+    with pytest.raises(ProgrammeError) as caught:
+        parse_programme(_write(tmp_path, data))
+    assert "programme.min_raters.boss: unknown relation" in str(caught.value)
+    assert "programme.min_raters.peer: expected a whole number >= 1" in str(caught.value)
+    data["programme"]["min_raters"] = {"staff": 4}
+    load_programme(session, _write(tmp_path, data))
+    programme = session.scalar(select(Programme))
+    assert programme.settings["min_raters"]["staff"] == 4
