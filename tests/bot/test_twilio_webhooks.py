@@ -403,3 +403,25 @@ def test_a_send_that_hangs_times_out_and_is_retried_later(
     message = session.scalars(select(Message)).one()
     assert (message.status, message.error_code) == ("error", "timeout")
     assert session.scalars(select(Invitation)).one().status == "pending"
+
+
+def test_a_conversation_resumes_later_and_ends_when_the_wave_closes(session, factory,
+                                                                    live_twilio_app,
+                                                                    twilio_fake):
+    asks = [("appraisal_360", {"roles": STAFF}, "sms")]
+    wave, (worker,) = _programme(session, factory, asks)
+    wave.instruments[0].sms_mode = "conversation"
+    session.commit()
+    _send(session, live_twilio_app)
+    url = f"{live_twilio_app.url}/twilio/sms"
+    assert "Q2/11" in twilio_fake.deliver_inbound(url, worker.mobile, "4").text
+    # days later, the next reply answers question 2: the state was kept
+    assert "Q3/11" in twilio_fake.deliver_inbound(url, worker.mobile, "5").text
+    _fresh(session)
+    assert sorted(a.value for a in session.scalars(select(Answer))) == [4, 5]
+    wave = session.merge(wave)
+    wave.closes_at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    session.commit()
+    closed = twilio_fake.deliver_inbound(url, worker.mobile, "3")
+    assert closed.status_code == 200 and "<Message>" in closed.text
+    assert _count(session, Answer) == 2
