@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +23,25 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         CAREPULSE=settings,
         TESTING=bool((test_config or {}).get("TESTING", False)),
         MAX_CONTENT_LENGTH=1024 * 1024,
+        # The session cookie carries a survey respondent's place (see bot.survey_links):
+        # never readable by scripts, not sent on cross-site posts, HTTPS-only when served
+        # over HTTPS, and forgotten after a few idle hours (each request renews it).
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_base_url.startswith("https://"),
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=4),
     )
 
-    from bot import db, devtools, errors, health, overview, survey_links, twilio_webhooks
+    from bot import (
+        db,
+        devtools,
+        errors,
+        health,
+        overview,
+        survey_links,
+        twilio_webhooks,
+        unsubscribe,
+    )
 
     db.init_app(app)
     errors.init_app(app)
@@ -33,6 +50,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(survey_links.bp)
     app.register_blueprint(devtools.bp)
     app.register_blueprint(twilio_webhooks.bp)
+    app.register_blueprint(unsubscribe.bp)
     if settings.trusted_proxies:
         # Behind a TLS-terminating proxy, trust its X-Forwarded-* headers (and only its).
         from werkzeug.middleware.proxy_fix import ProxyFix

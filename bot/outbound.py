@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 from bot.config import Settings
 from bot.transports import EmailTransport, SendError, SmsTransport
 from storage.models import Invitation, Message, utcnow
+from surveys.catalogue import definition_of
 from surveys.invitations import set_status
 from surveys.opt_outs import is_opted_out, opt_out
 from surveys.sms_inbox import conversations_of, opening, uses_conversation
-from surveys.wording import invitation_email, invitation_sms
+from surveys.wording import EmailText, invitation_email, invitation_sms
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Outbound:
         """
         now = now or utcnow()
         person = invitation.person
+        html: str | None = None
+        headers: dict[str, str] | None = None
         if invitation.channel == "sms":
             assert person.mobile, "invitation by SMS needs a mobile"
             if is_opted_out(session, "sms", person.mobile):
@@ -57,12 +60,14 @@ class Outbound:
             )
         else:
             assert person.email, "invitation by email needs an email address"
-            message = self._email_message(invitation)
+            text = self._email_text(invitation)
+            message = self._email_message(invitation, text)
+            html, headers = text.html, self.unsubscribe_headers(invitation)
         message.person, message.invitation = person, invitation
         message.created_at = message.updated_at = now
         session.add(message)
         session.flush()
-        self._deliver(session, message, invitation, now)
+        self._deliver(session, message, invitation, now, html=html, headers=headers)
         return message
 
     def _sms_body(self, session: Session, invitation: Invitation, now: dt.datetime) -> str | None:
@@ -77,18 +82,38 @@ class Outbound:
         position = 1 if total > 1 else None
         return opening(invitation, position=position, total=total if total > 1 else None)
 
-    def _email_message(self, invitation: Invitation) -> Message:
+    def unsubscribe_link(self, invitation: Invitation) -> str:
+        """The page that stops emails to the invitation's person (`bot.unsubscribe`)."""
+        return f"{self.settings.public_base_url}/u/{invitation.token}"
+
+    def unsubscribe_headers(self, invitation: Invitation) -> dict[str, str]:
+        """RFC 2369 List-Unsubscribe (web and mailto) and RFC 8058 one-click headers."""
+        return {
+            "List-Unsubscribe": (
+                f"<{self.unsubscribe_link(invitation)}>, "
+                f"<mailto:{self.settings.mail_from}?subject=unsubscribe>"
+            ),
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }
+
+    def _email_text(self, invitation: Invitation) -> EmailText:
         person = invitation.person
-        definition = invitation.instrument_version.definition
+        definition = definition_of(invitation.instrument_version)
         subject = invitation.subject if invitation.rater_relation != "self" else None
-        text = invitation_email(
+        return invitation_email(
             given_name=person.given_name,
             programme=invitation.wave.cohort.programme.name,
-            instrument_title=definition["title"],
+            instrument_title=definition.title,
             subject_name=subject.full_name if subject else None,
             closes=invitation.wave.closes_at,
             link=self.link(invitation),
+            instrument_key=definition.key,
+            minutes=max(2, round(len(definition.items) / 3)),
+            unsubscribe=self.unsubscribe_link(invitation),
         )
+
+    def _email_message(self, invitation: Invitation, text: EmailText) -> Message:
+        person = invitation.person
         return Message(
             direction="out",
             channel="email",
@@ -100,14 +125,24 @@ class Outbound:
         )
 
     def _deliver(
-        self, session: Session, message: Message, invitation: Invitation, now: dt.datetime
+        self,
+        session: Session,
+        message: Message,
+        invitation: Invitation,
+        now: dt.datetime,
+        html: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         try:
             if message.channel == "sms":
                 result = self.sms.send_sms(message.to_address, message.body or "")
             else:
                 result = self.email.send_email(
-                    message.to_address, message.subject or "", message.body or ""
+                    message.to_address,
+                    message.subject or "",
+                    message.body or "",
+                    html=html,
+                    headers=headers,
                 )
         except SendError as exc:
             self._failed(session, message, invitation, exc, now)

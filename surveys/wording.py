@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from markupsafe import escape
+
 # The GSM helpers live in surveys.sms; they are re-exported here for existing callers.
 from surveys.sms import fit_one_segment as fit_one_segment
 from surveys.sms import gsm_safe as gsm_safe
@@ -12,10 +14,11 @@ from surveys.sms import gsm_safe as gsm_safe
 
 @dataclass(frozen=True)
 class EmailText:
-    """An email's subject and plain-text body."""
+    """An email's subject, plain-text body and the same words as simple HTML."""
 
     subject: str
     body: str
+    html: str = ""
 
 
 def first_name(name: str) -> str:
@@ -37,6 +40,58 @@ def invitation_sms(given_name: str, home: str, link: str) -> str:
     )
 
 
+# What an invitation asks, by instrument key; others are named by their title.
+_ASKS = {
+    "manager_self_report": "your self-report",
+    "appraisal_360": "the 360-degree appraisal",
+}
+
+
+def _what_is_asked(
+    instrument_key: str | None, instrument_title: str, subject_name: str | None
+) -> str:
+    about = f" about {subject_name}" if subject_name else ""
+    if instrument_key == "appraisal_360" and not subject_name:
+        return "your self-rating for the 360-degree appraisal"
+    if instrument_key in _ASKS:
+        return _ASKS[instrument_key] + about
+    return f'the survey "{instrument_title}"{about}'
+
+
+_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{subject}</title>
+</head>
+<body style="margin:0;padding:0;background:#ffffff;color:#1a1a1a;\
+font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5">
+<div role="article" aria-label="{subject}" lang="en" style="max-width:600px;padding:16px">
+<h1 style="font-size:24px;line-height:1.3;margin:0 0 16px">{heading}</h1>
+<p>Dear {name},</p>
+<p>As part of {programme}, we would be grateful if you could complete {what}. \
+It takes about {minutes} minutes.</p>
+<p>The survey closes on <strong>{closing}</strong>.</p>
+<p style="margin:24px 0"><a href="{link}" style="display:inline-block;background:#1d70b8;\
+color:#ffffff;padding:12px 20px;border-radius:4px;font-weight:bold;text-decoration:none">\
+Start the survey</a></p>
+<p>If the button does not work, copy this personal link into your browser \
+(please do not forward it):<br><a href="{link}" style="color:#1d70b8">{link}</a></p>
+<p>You can stop and come back from the same link until the survey closes.</p>
+<p>Thank you,<br>The programme team</p>
+{footer}</div>
+</body>
+</html>
+"""
+
+_HTML_FOOTER = """<hr style="border:0;border-top:1px solid #b1b4b6;margin:24px 0 12px">
+<p style="font-size:14px;color:#505a5f">You are getting this email because you take part \
+in {programme}. To stop emails about this programme, \
+<a href="{unsubscribe}" style="color:#1d70b8">unsubscribe here</a>: {unsubscribe}</p>
+"""
+
+
 def invitation_email(
     *,
     given_name: str,
@@ -45,16 +100,52 @@ def invitation_email(
     subject_name: str | None,
     closes: dt.datetime,
     link: str,
+    instrument_key: str | None = None,
+    minutes: int = 5,
+    unsubscribe: str | None = None,
 ) -> EmailText:
-    """The invitation email: who asks, what, about whom, by when, and the personal link."""
-    about = f" about {subject_name}" if subject_name else ""
+    """The invitation email: who asks, what, about whom, by when, and the personal link.
+
+    `instrument_key` names what is asked in plain words ("your self-report", "the
+    360-degree appraisal about Margaret Okafor"); `unsubscribe` adds how to stop these
+    emails. The HTML says the same as the plain text, with every value escaped.
+    """
+    what = _what_is_asked(instrument_key, instrument_title, subject_name)
+    # A plain description ("your self-report") is followed by the survey's own title.
+    titled = f' ("{instrument_title}")' if instrument_key in _ASKS else ""
     closing = closes.strftime("%A %-d %B %Y")
-    body = (
-        f"Dear {first_name(given_name)},\n\n"
-        f"As part of {programme}, we would be grateful if you could answer a short "
-        f'survey, "{instrument_title}"{about}. It takes about 5 minutes.\n\n'
-        f"Your personal link (please do not forward it):\n{link}\n\n"
-        f"The survey closes on {closing}. You can stop and come back to it from the same "
-        "link until then.\n\nThank you,\nThe programme team\n"
+    name = first_name(given_name)
+    heading = f"Please complete {what}"
+    stop = (
+        f"\n---\nYou are getting this email because you take part in {programme}. "
+        f"To stop emails about this programme, unsubscribe here:\n{unsubscribe}\n"
+        if unsubscribe
+        else ""
     )
-    return EmailText(subject=f"{programme}: {instrument_title} (closes {closing})", body=body)
+    body = (
+        f"Dear {name},\n\n"
+        f"As part of {programme}, we would be grateful if you could complete "
+        f"{what}{titled}. It takes about {minutes} minutes.\n\n"
+        f"The survey closes on {closing}.\n\n"
+        f"Your personal link (please do not forward it):\n{link}\n\n"
+        "You can stop and come back from the same link until the survey closes.\n\n"
+        f"Thank you,\nThe programme team\n{stop}"
+    )
+    subject = f"{programme}: {instrument_title} (closes {closing})"
+    footer = (
+        _HTML_FOOTER.format(programme=escape(programme), unsubscribe=escape(unsubscribe))
+        if unsubscribe
+        else ""
+    )
+    html = _HTML.format(
+        subject=escape(subject),
+        heading=escape(heading),
+        name=escape(name),
+        programme=escape(programme),
+        what=escape(what) + escape(titled),
+        minutes=escape(str(minutes)),
+        closing=escape(closing),
+        link=escape(link),
+        footer=footer,
+    )
+    return EmailText(subject=subject, body=body, html=html)

@@ -1,0 +1,125 @@
+"""Unsubscribe links, `/u/<token>`: stop the emails about a programme.
+
+Every invitation email carries its invitation's token in an unsubscribe link and in the
+`List-Unsubscribe` header. `GET` only asks (link scanners and previews must never
+unsubscribe anyone); the page's form posts back with a per-session CSRF token. Mail
+clients use RFC 8058 one-click instead: a `POST` whose only field is
+`List-Unsubscribe=One-Click`, with no cookie or CSRF token, which the RFC requires to work.
+Either records an email opt-out for the person, which closes their open email invitations
+and stops every later one. The token is a credential: pages are never cached or referred.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from flask import Blueprint, render_template_string, request
+from flask import session as web_session
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from bot.db import get_session
+from storage.models import Invitation
+from surveys.opt_outs import is_opted_out, opt_out
+
+bp = Blueprint("unsubscribe", __name__)
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_CSRF_KEY = "unsubscribe_csrf"
+ONE_CLICK = ("List-Unsubscribe", "One-Click")
+
+_PAGE = """{% extends "base.html" %}
+{% block title %}{{ title }} – carepulse{% endblock %}
+{% block main %}
+<h1>{{ title }}</h1>
+{% if state == "ask" %}
+<p>You get emails from carepulse because you take part in {{ programme }}.
+If you stop them, you will not be emailed again about this programme's surveys.</p>
+<form method="post">
+  <input type="hidden" name="csrf" value="{{ csrf }}">
+  <button type="submit">Stop emails</button>
+</form>
+{% elif state == "done" %}
+<p>You will not get more emails about {{ programme }}. You can close this page.</p>
+<p>If this was a mistake, contact your programme team.</p>
+{% elif state == "expired" %}
+<p>This form has expired. Please open the unsubscribe link from your email again.</p>
+{% else %}
+<p>Check that you used the whole link from your email. If it still does not work,
+contact your programme team.</p>
+{% endif %}
+{% endblock %}
+"""
+
+_TITLES = {
+    "ask": "Stop emails about this programme?",
+    "done": "You will not get more emails",
+    "expired": "Please try again",
+    "unknown": "This link is not recognised",
+}
+
+
+@bp.after_request
+def _private(response):
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _page(state: str, status: int = 200, **context):
+    html = render_template_string(_PAGE, state=state, title=_TITLES[state], **context)
+    return html, status
+
+
+def _invitation(token: str) -> Invitation | None:
+    if not _TOKEN.fullmatch(token):
+        return None
+    return get_session().scalar(select(Invitation).where(Invitation.token == token))
+
+
+def _csrf_token() -> str:
+    token = web_session.get(_CSRF_KEY)
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(32)
+        web_session[_CSRF_KEY] = token
+    return token
+
+
+def _csrf_ok() -> bool:
+    expected = web_session.get(_CSRF_KEY)
+    given = request.form.get("csrf", "")
+    if not isinstance(expected, str) or not expected or not given:
+        return False
+    return secrets.compare_digest(expected.encode(), given.encode())
+
+
+def _one_click() -> bool:
+    """An RFC 8058 one-click request: the single field List-Unsubscribe=One-Click."""
+    fields = list(request.form.items(multi=True))
+    return fields == [ONE_CLICK] and not request.files
+
+
+@bp.route("/u/<token>", methods=["GET", "POST"])
+def unsubscribe(token: str):
+    """Ask whether to stop emails (GET), or stop them (POST from the form or a mail client)."""
+    invitation = _invitation(token)
+    if invitation is None:
+        return _page("unknown", 404)
+    person = invitation.person
+    programme = invitation.wave.cohort.programme.name
+    if request.method == "GET":
+        if person.email and is_opted_out(get_session(), "email", person.email):
+            return _page("done", programme=programme)
+        return _page("ask", programme=programme, csrf=_csrf_token())
+    if not _one_click() and not _csrf_ok():
+        return _page("expired", 400)
+    if person.email:
+        session = get_session()
+        try:
+            opt_out(session, "email", person.email, "unsubscribe", person)
+            session.commit()
+        except IntegrityError:
+            # A second copy of the same request (mail clients retry) recorded it first.
+            session.rollback()
+    return _page("done", programme=programme)
