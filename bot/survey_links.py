@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WebResponse
 
+from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
 from storage.models import Answer, Invitation, Programme, Response, utcnow
 from surveys.answers import complete_response, record_answer
@@ -52,7 +52,6 @@ INVITATION_KEY = "survey_invitation"
 CSRF_KEY = "survey_csrf"
 """Session key of the CSRF token the survey's forms must send back."""
 
-CSRF_FIELD = "csrf_token"
 SKIP = "skip"
 """The form value of "Prefer not to say", stored as a skipped answer (value None)."""
 
@@ -157,20 +156,12 @@ def _problem_page(kind: str, invitation: Invitation | None = None):
 
 
 def _check_csrf(invitation: Invitation) -> None:
-    expected = cookie.get(CSRF_KEY)
-    given = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not expected or not given:
-        raise _Stop(_problem_page("csrf", invitation))
-    # Bytes, so that a non-ASCII forgery is a mismatch rather than a TypeError.
-    if not secrets.compare_digest(given.encode(), expected.encode()):
+    if not csrf_valid(CSRF_KEY):
         raise _Stop(_problem_page("csrf", invitation))
 
 
 def _csrf_token() -> str:
-    token = cookie.get(CSRF_KEY)
-    if not isinstance(token, str) or not token:
-        token = cookie[CSRF_KEY] = secrets.token_urlsafe(32)
-    return token
+    return csrf_token(CSRF_KEY)
 
 
 def _survey(db: Session, *, completed_ok: bool = False) -> _Survey:
@@ -268,7 +259,8 @@ def exchange(token: str):
     if cookie.get(INVITATION_KEY) != invitation.id:
         # Another invitation (or none) until now: forms open for it must not post here.
         cookie[INVITATION_KEY] = invitation.id
-        cookie[CSRF_KEY] = secrets.token_urlsafe(32)
+        cookie.pop(CSRF_KEY, None)
+        csrf_token(CSRF_KEY)  # a fresh token for this survey's forms
     cookie.permanent = True
     return redirect(url_for(".start"), 303)
 

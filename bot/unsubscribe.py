@@ -12,13 +12,12 @@ and stops every later one. The token is a credential: pages are never cached or 
 from __future__ import annotations
 
 import re
-import secrets
 
-from flask import Blueprint, render_template_string, request
-from flask import session as web_session
+from flask import Blueprint, render_template, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
 from storage.models import Invitation
 from surveys.opt_outs import is_opted_out, opt_out
@@ -29,28 +28,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CSRF_KEY = "unsubscribe_csrf"
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 
-_PAGE = """{% extends "base.html" %}
-{% block title %}{{ title }} – carepulse{% endblock %}
-{% block main %}
-<h1>{{ title }}</h1>
-{% if state == "ask" %}
-<p>You get emails from carepulse because you take part in {{ programme }}.
-If you stop them, you will not be emailed again about this programme's surveys.</p>
-<form method="post">
-  <input type="hidden" name="csrf" value="{{ csrf }}">
-  <button type="submit">Stop emails</button>
-</form>
-{% elif state == "done" %}
-<p>You will not get more emails about {{ programme }}. You can close this page.</p>
-<p>If this was a mistake, contact your programme team.</p>
-{% elif state == "expired" %}
-<p>This form has expired. Please open the unsubscribe link from your email again.</p>
-{% else %}
-<p>Check that you used the whole link from your email. If it still does not work,
-contact your programme team.</p>
-{% endif %}
-{% endblock %}
-"""
 
 _TITLES = {
     "ask": "Stop emails about this programme?",
@@ -68,7 +45,7 @@ def _private(response):
 
 
 def _page(state: str, status: int = 200, **context):
-    html = render_template_string(_PAGE, state=state, title=_TITLES[state], **context)
+    html = render_template("unsubscribe.html", state=state, title=_TITLES[state], **context)
     return html, status
 
 
@@ -79,19 +56,11 @@ def _invitation(token: str) -> Invitation | None:
 
 
 def _csrf_token() -> str:
-    token = web_session.get(_CSRF_KEY)
-    if not isinstance(token, str) or not token:
-        token = secrets.token_urlsafe(32)
-        web_session[_CSRF_KEY] = token
-    return token
+    return csrf_token(_CSRF_KEY)
 
 
 def _csrf_ok() -> bool:
-    expected = web_session.get(_CSRF_KEY)
-    given = request.form.get("csrf", "")
-    if not isinstance(expected, str) or not expected or not given:
-        return False
-    return secrets.compare_digest(expected.encode(), given.encode())
+    return csrf_valid(_CSRF_KEY)
 
 
 def _one_click() -> bool:

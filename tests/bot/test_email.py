@@ -437,7 +437,7 @@ def test_a_path_in_the_token_is_just_not_found(smtp_app):
 
 
 def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert found, html
     return found.group(1)
 
@@ -460,7 +460,7 @@ def test_unsubscribing_stops_every_later_email(session, factory, smtp_app, smtp)
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert _count(session, OptOut) == 0  # looking is not unsubscribing
 
-    done = client.post(f"/u/{token}", data={"csrf": _csrf(body)})
+    done = client.post(f"/u/{token}", data={"csrf_token": _csrf(body)})
     assert done.status_code == 200
     assert "You will not get more emails" in done.get_data(as_text=True)
     assert done.headers["Cache-Control"] == "no-store"
@@ -526,10 +526,10 @@ def test_one_click_unsubscribe_works_without_a_session(
 @pytest.mark.parametrize(
     "form",
     [
-        {"csrf": "not-the-token"},
+        {"csrf_token": "not-the-token"},
         {},
-        {"csrf": ""},
-        {"List-Unsubscribe": "One-Click", "csrf": "not-the-token"},
+        {"csrf_token": ""},
+        {"List-Unsubscribe": "One-Click", "csrf_token": "not-the-token"},
         {"List-Unsubscribe": "one-click"},
         {"List-Unsubscribe": "One-Click", "extra": "1"},
     ],
@@ -555,9 +555,9 @@ def test_a_csrf_token_from_another_session_is_refused(session, factory, smtp_app
     stolen = _csrf(other.get(f"/u/{token}").get_data(as_text=True))
     victim = smtp_app.test_client()
     victim.get(f"/u/{token}")
-    assert victim.post(f"/u/{token}", data={"csrf": stolen}).status_code == 400
+    assert victim.post(f"/u/{token}", data={"csrf_token": stolen}).status_code == 400
     fresh = smtp_app.test_client()  # no session at all
-    assert fresh.post(f"/u/{token}", data={"csrf": stolen}).status_code == 400
+    assert fresh.post(f"/u/{token}", data={"csrf_token": stolen}).status_code == 400
     assert _count(session, OptOut) == 0
 
 
@@ -573,3 +573,43 @@ def test_an_unknown_token_gets_404(session, smtp_app, token, method):
     assert "not recognised" in reply.get_data(as_text=True)
     assert reply.headers["Cache-Control"] == "no-store"
     assert _count(session, OptOut) == 0
+
+
+def _form_csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def test_a_manager_goes_from_the_email_in_the_inbox_to_a_completed_self_report(
+    session, factory, smtp_app, smtp
+):
+    from storage.models import Answer
+
+    _, _, manager = _programme(session, factory)
+    assert _send(session, _outbound(smtp_app)) == 1
+    (received,) = smtp.messages
+    text, _ = _parts(received)
+    link = re.search(r"http://127\.0\.0\.1:5000(/s/[A-Za-z0-9_-]{32})", text).group(1)
+    client = smtp_app.test_client()
+    start = client.get(link)
+    assert start.status_code == 303 and start.headers["Location"].endswith("/survey")
+    page = client.get("/survey").get_data(as_text=True)
+    assert "How you feel about your work as a manager" in page
+    given = {}
+    for number in range(1, 16):
+        html = client.get(f"/survey/q/{number}").get_data(as_text=True)
+        item_id = re.search(r'type="radio" id="[^"]+" name="([a-z_]+)"', html).group(1)
+        value = str(1 + number % 5)
+        response = client.post(
+            f"/survey/q/{number}", data={item_id: value, "csrf_token": _form_csrf(html)}
+        )
+        assert response.status_code == 303, (number, response.status_code)
+        given[item_id] = int(value)
+    check = client.get("/survey/check").get_data(as_text=True)
+    sent = client.post("/survey/check", data={"csrf_token": _form_csrf(check)})
+    assert sent.status_code == 303
+    assert "your answers have been sent" in client.get("/survey/done").get_data(as_text=True)
+    _fresh(session)
+    stored = {a.item_id: a.value for a in session.scalars(select(Answer))}
+    assert stored == given and len(stored) == 15
+    invitation = session.scalars(select(Invitation)).one()
+    assert (invitation.status, invitation.person_id) == ("completed", manager.id)
