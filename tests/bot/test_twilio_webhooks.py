@@ -405,9 +405,9 @@ def test_a_send_that_hangs_times_out_and_is_retried_later(
     assert session.scalars(select(Invitation)).one().status == "pending"
 
 
-def test_a_conversation_resumes_later_and_ends_when_the_wave_closes(session, factory,
-                                                                    live_twilio_app,
-                                                                    twilio_fake):
+def test_a_conversation_resumes_later_and_ends_when_the_wave_closes(
+    session, factory, live_twilio_app, twilio_fake
+):
     asks = [("appraisal_360", {"roles": STAFF}, "sms")]
     wave, (worker,) = _programme(session, factory, asks)
     wave.instruments[0].sms_mode = "conversation"
