@@ -73,7 +73,13 @@ class Outbound:
     def _sms_body(self, session: Session, invitation: Invitation, now: dt.datetime) -> str | None:
         person = invitation.person
         if not uses_conversation(invitation):
-            return invitation_sms(person.given_name, person.care_home.name, self.link(invitation))
+            about = invitation.subject if invitation.rater_relation != "self" else None
+            return invitation_sms(
+                person.given_name,
+                person.care_home.name,
+                self.link(invitation),
+                subject=about.given_name if about else None,
+            )
         live = conversations_of(session, person, now, ("sent", "delivered", "started"))
         if live:
             return None  # one conversation at a time: this one waits its turn

@@ -30,10 +30,24 @@ SMS_SEGMENT = 160
 """Characters in one GSM-7 SMS segment (see :mod:`surveys.sms` for the full arithmetic)."""
 
 
-def invitation_sms(given_name: str, home: str, link: str) -> str:
-    """A one-segment SMS invitation with the survey link and how to opt out."""
+def invitation_sms(given_name: str, home: str, link: str, subject: str | None = None) -> str:
+    """A one-segment SMS invitation with the survey link and how to opt out.
+
+    `subject` is the name of the manager a 360 rater is asked about.
+    """
     name = first_name(given_name)
+    about = (
+        [
+            f"Hi {name}, how does {first_name(subject)} lead {home}? A 5-min survey: {link} "
+            "Reply STOP to opt out",
+            f"Hi {name}, how does {first_name(subject)} lead your home? A 5-min survey: "
+            f"{link} Reply STOP to opt out",
+        ]
+        if subject
+        else []
+    )
     return fit_one_segment(
+        *about,
         f"Hi {name}, a 2-min survey about {home}: {link} Reply STOP to opt out",
         f"Hi {name}, a 2-min survey about your care home: {link} Reply STOP to opt out",
         f"Hi, a 2-min survey about your care home: {link} Reply STOP to opt out",

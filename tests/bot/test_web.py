@@ -190,3 +190,22 @@ def test_unknown_page_is_a_plain_404(client):
     response = client.get("/no/such/page")
     assert response.status_code == 404
     assert "Not Found" in response.get_data(as_text=True)
+
+
+def test_a_360_rater_text_names_the_manager_and_fits_one_segment(session, factory, app):
+    from bot.outbound import Outbound
+    from bot.transports import DevMailbox, DevPhone
+    from surveys.sms import segments
+
+    home = factory.home("The Royal Borough of Kensington Residential and Nursing Home")
+    factory.person(home, role="manager", given_name="Margaret")
+    factory.person(home, given_name="Bartholomew-Alexander")
+    audience = {"subject_role": "manager", "raters": {"staff": STAFF}}
+    _, wave = factory.programme(
+        [home], [("appraisal_360", audience, "sms")], opens=NOW - dt.timedelta(hours=1)
+    )
+    open_wave(session, wave, NOW)
+    Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox()).send_pending(session, NOW)
+    body = session.scalars(select(Message)).one().body
+    assert "how does Margaret lead" in body and "/s/" in body
+    assert segments(body) == 1
