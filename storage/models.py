@@ -31,6 +31,8 @@ from sqlalchemy.types import TypeDecorator
 from storage.vocabulary import (
     CHANNELS,
     INVITATION_STATUSES,
+    OUTBOX_PURPOSES,
+    OUTBOX_STATUSES,
     RATER_RELATIONS,
     ROLES,
     STAFF_ROLES,
@@ -419,6 +421,44 @@ class Answer(Base):
     response: Mapped[Response] = relationship(back_populates="answers")
 
     __table_args__ = (UniqueConstraint("response_id", "item_id"),)
+
+
+class OutboxItem(Base):
+    """One message to send, exactly once: an invitation or one of its reminders.
+
+    `key` (invitation, purpose, reminder number) is unique, so a second clock, a re-run or
+    a race that tries to queue the same message again inserts nothing. A dispatcher claims
+    a row (`sending`, with `claimed_at`/`claimed_by`) and commits before it calls the
+    provider, so a crash leaves a `sending` row to reconcile rather than a silent resend.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    invitation_id: Mapped[int] = mapped_column(ForeignKey("invitations.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))
+    reminder_number: Mapped[int] = mapped_column(Integer, default=0)
+    channel: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    not_before: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    invitation: Mapped[Invitation] = relationship()
+    message: Mapped[Message | None] = relationship()
+
+    __table_args__ = (
+        CheckConstraint(_in("purpose", OUTBOX_PURPOSES), name="purpose_known"),
+        CheckConstraint(_in("status", OUTBOX_STATUSES), name="status_known"),
+        CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
+        Index("ix_outbox_due", "status", "not_before"),
+    )
 
 
 class OptOut(Base):

@@ -21,6 +21,15 @@ STAFF_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r not in ("manager", "p
 CHANNELS: tuple[str, ...] = ("sms", "email")
 RATER_RELATIONS: tuple[str, ...] = ("self", "staff", "line_manager", "peer")
 WAVE_KINDS: tuple[str, ...] = ("baseline", "midpoint", "end", "follow_up", "pulse")
+OUTBOX_PURPOSES: tuple[str, ...] = ("invitation", "reminder")
+OUTBOX_STATUSES: tuple[str, ...] = (
+    "queued",  # waiting for its time (not_before) and a dispatcher
+    "sending",  # claimed by a dispatcher, provider being called
+    "sent",  # the provider accepted it
+    "failed",  # permanently refused, or given up after too many attempts
+    "cancelled",  # no longer wanted: answered, opted out, wave closed
+    "reconcile",  # a crash left it in doubt and the provider cannot tell: a person decides
+)
 INVITATION_STATUSES: tuple[str, ...] = (
     "pending",
     "sent",
