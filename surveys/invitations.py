@@ -99,6 +99,33 @@ def _pairs(
     return pairs
 
 
+def _invitation(
+    wave: Wave,
+    item: WaveInstrument,
+    person: Person,
+    subject: Person | None,
+    relation: str | None,
+    channel: str,
+    now: dt.datetime,
+    detail: str | None = None,
+) -> Invitation:
+    """A new pending invitation with a fresh token and the first entry of its history."""
+    invitation = Invitation(
+        wave=wave,
+        instrument_version_id=item.instrument_version_id,
+        person=person,
+        subject=subject,
+        rater_relation=relation,
+        channel=channel,
+        token=new_token(),
+        status="pending",
+        created_at=now,
+        status_changed_at=now,
+    )
+    invitation.events.append(InvitationEvent(status="pending", at=now, detail=detail))
+    return invitation
+
+
 def open_wave(session: Session, wave: Wave, now: dt.datetime | None = None) -> OpenReport:
     """Create the wave's invitations for everyone eligible now; flushes, does not commit."""
     now = now or utcnow()
@@ -124,20 +151,7 @@ def open_wave(session: Session, wave: Wave, now: dt.datetime | None = None) -> O
             if channel is None:
                 report.unreachable.append(person.full_name)
                 continue
-            invitation = Invitation(
-                wave=wave,
-                instrument_version_id=item.instrument_version_id,
-                person=person,
-                subject=subject,
-                rater_relation=relation,
-                channel=channel,
-                token=new_token(),
-                status="pending",
-                created_at=now,
-                status_changed_at=now,
-            )
-            invitation.events.append(InvitationEvent(status="pending", at=now))
-            session.add(invitation)
+            session.add(_invitation(wave, item, person, subject, relation, channel, now))
             report.created += 1
     if wave.opened_at is None:
         wave.opened_at = now
@@ -221,19 +235,7 @@ def add_named_rater(
     channel = choose_channel(rater, "email", _opted_out(session))
     if channel is None:
         raise RaterError(f"{rater.full_name} has no mobile or email that can be used")
-    invitation = Invitation(
-        wave=wave,
-        instrument_version_id=item.instrument_version_id,
-        person=rater,
-        subject=subject,
-        rater_relation=relation,
-        channel=channel,
-        token=new_token(),
-        status="pending",
-        created_at=now,
-        status_changed_at=now,
-    )
-    invitation.events.append(InvitationEvent(status="pending", at=now, detail="named rater"))
+    invitation = _invitation(wave, item, rater, subject, relation, channel, now, "named rater")
     session.add(invitation)
     session.flush()
     return invitation
