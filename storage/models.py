@@ -288,8 +288,8 @@ class Invitation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     wave_id: Mapped[int] = mapped_column(ForeignKey("waves.id"))
     instrument_version_id: Mapped[int] = mapped_column(ForeignKey("instrument_versions.id"))
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
-    subject_person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"), index=True)
+    subject_person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"), index=True)
     rater_relation: Mapped[str | None] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(8))
     token: Mapped[str] = mapped_column(String(64), unique=True)
@@ -349,7 +349,9 @@ class InvitationEvent(Base):
     __tablename__ = "invitation_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    invitation_id: Mapped[int] = mapped_column(ForeignKey("invitations.id", ondelete="CASCADE"))
+    invitation_id: Mapped[int] = mapped_column(
+        ForeignKey("invitations.id", ondelete="CASCADE"), index=True
+    )
     status: Mapped[str] = mapped_column(String(16))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     detail: Mapped[str | None] = mapped_column(Text)
@@ -366,7 +368,7 @@ class Message(Base):
     direction: Mapped[str] = mapped_column(String(3))
     channel: Mapped[str] = mapped_column(String(8))
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
-    invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"))
+    invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), index=True)
     to_address: Mapped[str] = mapped_column(String(254))
     from_address: Mapped[str] = mapped_column(String(254))
     subject: Mapped[str | None] = mapped_column(String(300))
@@ -436,7 +438,9 @@ class OutboxItem(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(100), unique=True)
-    invitation_id: Mapped[int] = mapped_column(ForeignKey("invitations.id", ondelete="CASCADE"))
+    invitation_id: Mapped[int] = mapped_column(
+        ForeignKey("invitations.id", ondelete="CASCADE"), index=True
+    )
     purpose: Mapped[str] = mapped_column(String(16))
     reminder_number: Mapped[int] = mapped_column(Integer, default=0)
     channel: Mapped[str] = mapped_column(String(8))

@@ -45,6 +45,18 @@ def ensure_version(session: Session, definition: InstrumentDefinition) -> Instru
     return version
 
 
+_PARSED: dict[str, InstrumentDefinition] = {}
+
+
 def definition_of(version: InstrumentVersion) -> InstrumentDefinition:
-    """The instrument definition stored with a version."""
-    return InstrumentDefinition.from_dict(version.definition)
+    """The instrument definition stored with a version, parsed once per process.
+
+    Versions never change, and the content hash names the content exactly, so the parsed
+    definition can be kept: every SMS reply and form page needs it.
+    """
+    parsed = _PARSED.get(version.content_hash)
+    if parsed is None:
+        parsed = _PARSED[version.content_hash] = InstrumentDefinition.from_dict(
+            version.definition
+        )
+    return parsed

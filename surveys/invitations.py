@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -176,7 +176,14 @@ def set_status(
     at = at or utcnow()
     invitation.status = status
     invitation.status_changed_at = at
-    invitation.events.append(InvitationEvent(status=status, at=at, detail=detail))
+    event = InvitationEvent(status=status, at=at, detail=detail)
+    state = inspect(invitation)
+    if invitation.id is None or "events" not in state.unloaded:
+        invitation.events.append(event)
+    else:
+        # Adding by id keeps a hot path (every SMS reply) from loading the whole history.
+        event.invitation_id = invitation.id
+        state.session.add(event)
     return True
 
 
