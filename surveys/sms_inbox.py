@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-from storage.models import Invitation, Message, Person, Wave, utcnow
+from storage.models import Cohort, Invitation, Message, Person, Wave, utcnow
 from surveys import conversation
 from surveys.answers import complete_response, record_answer
 from surveys.catalogue import definition_of
@@ -113,6 +113,12 @@ def conversations_of(
             Wave.closes_at > now,
         )
         .order_by(Invitation.id)
+        # Everything a reply needs, in this one round trip rather than five lazy loads.
+        .options(
+            joinedload(Invitation.wave).joinedload(Wave.cohort).joinedload(Cohort.programme),
+            joinedload(Invitation.instrument_version),
+            selectinload(Invitation.wave, Wave.instruments),
+        )
         .with_for_update(of=Invitation)
     ).all()
     return [i for i in rows if uses_conversation(i)]
@@ -196,12 +202,13 @@ def _help(session: Session, person: Person, now: dt.datetime, contact: str | Non
 
 
 def _answer(session: Session, person: Person, body: str, now: dt.datetime) -> list[str]:
-    live = conversations_of(session, person, now, _LIVE)
+    open_ = conversations_of(session, person, now, (*_LIVE, "pending"))
+    live = [i for i in open_ if i.status in _LIVE]
+    waiting = [i for i in open_ if i.status == "pending"]
     if not live:
         return [conversation.nothing_open_reply(person.given_name)]
     invitation = live[0]
     state = conversation.State.from_dict(invitation.sms_state or {})
-    waiting = conversations_of(session, person, now, ("pending",))
     outcome = conversation.step(
         survey_of(invitation),
         state,
@@ -220,13 +227,12 @@ def _answer(session: Session, person: Person, body: str, now: dt.datetime) -> li
     replies = list(outcome.replies)
     if outcome.finished and invitation.status != "completed":
         complete_response(session, invitation, now)
-        replies.extend(_start_next(session, person, now))
+        replies.extend(_start_next(waiting, now))
     return replies
 
 
-def _start_next(session: Session, person: Person, now: dt.datetime) -> list[str]:
+def _start_next(waiting: list[Invitation], now: dt.datetime) -> list[str]:
     """Start the person's next waiting conversation, if any, right after one finishes."""
-    waiting = conversations_of(session, person, now, ("pending",))
     if not waiting:
         return []
     invitation = waiting[0]
