@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import click
@@ -135,19 +134,84 @@ def send_due_command() -> None:
 def clock_command() -> None:
     """Run the scheduler process (the Procfile's `clock`).
 
-    Automatic sending with quiet hours and reminders is not switched on yet: the process
-    starts, checks the database and idles, so that a deployment's process layout is final.
+    Every minute it plans what is due into the outbox: opens waves whose time has come,
+    queues their invitations and due reminders (never to go out outside the programme's
+    sending window) and expires closed waves. On Mondays at 08:00 in each programme's time
+    zone it emails the programme leads their weekly figures. Sending is the dispatcher's
+    job (`carepulse dispatch`). SIGTERM stops it after the job in hand.
     """
+    import logging
+    import threading
+
+    from apscheduler.events import EVENT_SCHEDULER_STARTED
+    from sqlalchemy import select
+
+    from bot.clock import make_scheduler
+    from bot.db import get_sessionmaker
+    from storage.models import Programme
+
     _require_migrated()
-    click.echo("carepulse clock: running; automatic sending is not enabled yet (use send-due)")
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not every minute's run
+    settings = current_app.config["CAREPULSE"]
+    session = get_session()
+    zones = {settings.timezone, *session.scalars(select(Programme.timezone).distinct())}
+    session.rollback()
+    # The scheduler runs in this one process of its own (the Procfile's `clock`), never in
+    # the web workers: APScheduler 3 keeps its jobs per process and cannot share a job store
+    # between processes, so every gunicorn worker would run every job again. Should two
+    # clocks run by mistake, nothing goes out twice: the outbox's unique key makes the
+    # second enqueue a no-op, and the weekly email skips leads who already had this week's.
+    # Each job opens a session of its own from the app's session factory.
+    scheduler = make_scheduler(get_sessionmaker(), settings, _outbound().email, zones)
+
+    def stop(*_: object) -> None:
+        # From a thread of its own, not inside the signal handler: the handler may have
+        # interrupted the scheduler while it held a lock that shutting down needs. The job
+        # in hand finishes (`wait=True`), no new one starts, and `start()` returns.
+        if scheduler.running:
+            threading.Thread(target=scheduler.shutdown, name="clock-stop").start()
+
+    def started(_event: object) -> None:
+        # Until the scheduler runs, SIGTERM's default (exit at once) is right: no job yet.
+        signal.signal(signal.SIGTERM, stop)
+        click.echo(
+            "carepulse clock: running (tick every minute; weekly email Mondays 08:00 in "
+            f"{', '.join(sorted(zones))})"
+        )
+
+    scheduler.add_listener(started, EVENT_SCHEDULER_STARTED)
     try:
-        while not stop["now"]:
-            time.sleep(1)
+        scheduler.start()
     except KeyboardInterrupt:
-        pass
+        if scheduler.running:
+            scheduler.shutdown()
     click.echo("carepulse clock: stopped")
+
+
+@click.command("weekly-mail")
+@click.option("--programme", "programme_key", help="Programme key (default: the only one).")
+@with_appcontext
+def weekly_mail_command(programme_key: str | None) -> None:
+    """Email the programme leads their weekly figures now.
+
+    The clock sends the same email every Monday at 08:00 in the programme's time zone: the
+    last 7 days' response rates by wave and care home, and how many people are still to
+    answer (counts only, small groups suppressed). Leads are the programme file's `leads`.
+    """
+    from bot.summary import resolve_programme
+    from bot.weekly_mail import send_weekly_mail
+
+    _require_migrated()
+    session = get_session()
+    key = resolve_programme(session, programme_key)
+    report = send_weekly_mail(session, current_app.config["CAREPULSE"], _outbound().email, key)
+    session.commit()
+    if not report.messages:
+        raise click.ClickException(report.summary())
+    click.echo(report.summary())
+    if any(m.status in ("failed", "error") for m in report.messages):
+        sys.exit(1)
 
 
 @click.command("report")
@@ -254,6 +318,83 @@ def serve_command(host: str, port: int, demo: bool) -> None:
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
+@click.command("dispatch")
+@click.option("--once", is_flag=True, help="Reconcile, send everything due now, and exit.")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 32),
+    help="Sending threads (default: 4 on PostgreSQL, 1 on SQLite).",
+)
+@click.option("--worker-id", help="This dispatcher's name in the outbox (default: host-pid-rnd).")
+@with_appcontext
+def dispatch_command(once: bool, threads: int | None, worker_id: str | None) -> None:
+    """Send queued messages from the outbox (the Procfile's `dispatch`) until stopped.
+
+    Several dispatchers may run at once on PostgreSQL; on SQLite run one, with one thread.
+    SIGTERM or Ctrl-C finishes the message in hand and stops.
+    """
+    from bot.dispatch import DispatcherOptions, default_worker_id, run_dispatcher
+
+    _require_migrated()
+    if threads and threads > 1 and get_engine().dialect.name == "sqlite":
+        raise click.ClickException("SQLite serialises every write: use --threads 1")
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    worker_id = worker_id or default_worker_id()
+    settings = app.config["CAREPULSE"]
+    pacing = f"{settings.send_rate:g}/s per sender" if settings.send_rate > 0 else "off"
+    click.echo(f"carepulse dispatch: worker {worker_id}, pacing {pacing}")
+    options = DispatcherOptions(threads=threads, once=once)
+    try:
+        report = run_dispatcher(app, worker_id, options=options)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"carepulse dispatch: stopped; {report.summary()}")
+
+
+@click.group("outbox")
+def outbox_group() -> None:
+    """Messages in doubt after a dispatcher stopped mid-send."""
+
+
+@outbox_group.command("review")
+@with_appcontext
+def outbox_review_command() -> None:
+    """List the messages a person must decide on (status `reconcile`)."""
+    from bot.dispatch import in_doubt
+
+    _require_migrated()
+    rows = in_doubt(get_session())
+    if not rows:
+        click.echo("no messages to review")
+        return
+    click.echo(f"{len(rows)} message(s) in doubt; decide each with `carepulse outbox resolve`:")
+    for line in rows:
+        click.echo(line)
+
+
+@outbox_group.command("resolve")
+@click.argument("row_id", metavar="ID", type=int)
+@click.option("--sent", "decision", flag_value="sent", help="It did go out: mark it sent.")
+@click.option("--resend", "decision", flag_value="resend", help="It did not: send it again.")
+@click.option("--cancel", "decision", flag_value="cancel", help="Do not send it.")
+@with_appcontext
+def outbox_resolve_command(row_id: int, decision: str | None) -> None:
+    """Decide on message ID from `carepulse outbox review`."""
+    from bot.dispatch import ResolveError, resolve
+
+    _require_migrated()
+    if decision is None:
+        raise click.ClickException("say what happened: --sent, --resend or --cancel")
+    session = get_session()
+    try:
+        text = resolve(session, row_id, decision, utcnow())
+    except ResolveError as exc:
+        session.rollback()
+        raise click.ClickException(str(exc)) from None
+    session.commit()
+    click.echo(text)
+
+
 def _create_app_or_exit():
     try:
         return create_app()
@@ -276,6 +417,9 @@ for command in (
     add_rater_command,
     send_due_command,
     clock_command,
+    weekly_mail_command,
+    dispatch_command,
+    outbox_group,
     report_command,
     demo_command,
     serve_command,

@@ -7,6 +7,7 @@ of failing later in the middle of a send.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -66,6 +67,8 @@ class Settings:
     twilio: TwilioSettings | None = None
     smtp: SmtpSettings | None = None
     trusted_proxies: int = 0
+    send_rate: float = 10.0
+    """Messages per second per sender for the outbox dispatcher; 0 switches pacing off."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -175,6 +178,28 @@ def _smtp(env: Mapping[str, Any]) -> SmtpSettings | None:
     )
 
 
+DEFAULT_SEND_RATE = 10.0
+
+
+def _send_rate(env: Mapping[str, Any]) -> float:
+    """SEND_RATE_PER_SECOND: a positive number of messages per second; `0` or `off`: no pacing."""
+    text = _get(env, "SEND_RATE_PER_SECOND")
+    if text is None:
+        return DEFAULT_SEND_RATE
+    if text.lower() == "off":
+        return 0.0
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate < 0:
+        raise ConfigError(
+            f"SEND_RATE_PER_SECOND={text!r} is not a positive number of messages per second"
+            " (e.g. 10; 0 or off switches pacing off)"
+        )
+    return rate
+
+
 def _secret_key(env: Mapping[str, Any], instance_path: Path, production: bool) -> str:
     key = _get(env, "SECRET_KEY")
     if key:
@@ -230,4 +255,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         twilio=twilio,
         smtp=smtp,
         trusted_proxies=int(proxies),
+        send_rate=_send_rate(env),
     )

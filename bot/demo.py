@@ -31,6 +31,7 @@ from surveys.programme import load_programme
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ROSTER = EXAMPLES / "roster.csv"
 PROGRAMME = EXAMPLES / "programme.yaml"
+DEMO_SEND_WINDOW = {"start": "00:00", "end": "23:59"}
 
 
 def _shifted_programme(now: dt.datetime, folder: Path) -> Path:
@@ -47,6 +48,9 @@ def _shifted_programme(now: dt.datetime, folder: Path) -> Path:
     for wave in waves:
         for name in ("opens", "closes"):
             wave[name] = (_local(wave[name], tz) + shift).strftime("%Y-%m-%d %H:%M")
+    # The development phone and mailbox are nobody's: the demo sends at any hour rather
+    # than holding its texts for the programme's daytime sending window.
+    data["programme"]["send_window"] = DEMO_SEND_WINDOW
     path = folder / "programme.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path

@@ -1,9 +1,11 @@
-"""Sending invitations: store the message, hand it to the transport, record the outcome."""
+"""Sending invitations and reminders: store the message, hand it to the transport, record
+the outcome."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,11 +13,22 @@ from sqlalchemy.orm import Session
 from bot.config import Settings
 from bot.transports import EmailTransport, SendError, SmsTransport
 from storage.models import Invitation, Message, utcnow
+from surveys import conversation
 from surveys.catalogue import definition_of
 from surveys.invitations import set_status
 from surveys.opt_outs import is_opted_out, opt_out
-from surveys.sms_inbox import conversations_of, opening, uses_conversation
-from surveys.wording import EmailText, invitation_email, invitation_sms
+from surveys.reminders import ReminderRule, wants_reminder
+from surveys.sms_inbox import conversations_of, opening, survey_of, uses_conversation
+from surveys.wording import (
+    EmailText,
+    invitation_email,
+    invitation_sms,
+    reminder_email,
+    reminder_sms,
+)
+
+REMINDER_PREFIX = "Reminder:"
+"""Put before a re-asked SMS question when it still fits one segment."""
 
 
 @dataclass
@@ -69,6 +82,111 @@ class Outbound:
         session.flush()
         self._deliver(session, message, invitation, now, html=html, headers=headers)
         return message
+
+    def send_reminder(
+        self,
+        session: Session,
+        invitation: Invitation,
+        number: int,
+        now: dt.datetime | None = None,
+    ) -> Message | None:
+        """Send reminder `number` of an invitation; stored before sending, like an invitation.
+
+        SMS conversation: the pending question again ("Reminder: ..." when that still fits
+        one text), or the opening text if no question was answered yet; SMS link: a short
+        reminder with the link; email: a reminder linking back to where they stopped.
+        Returns None, sending nothing, when the invitation no longer wants a reminder
+        (answered, opted out, failed, expired, wave closed, past the wave's `max`) or when
+        another SMS conversation of the person's is under way.
+        """
+        now = now or utcnow()
+        wave = invitation.wave
+        rule = ReminderRule.of(wave.reminders)
+        wanted = wants_reminder(invitation.status) and 1 <= number <= rule.max
+        if not wanted or not wave.opens_at <= now < wave.closes_at:
+            return None
+        person = invitation.person
+        html: str | None = None
+        headers: dict[str, str] | None = None
+        if invitation.channel == "sms":
+            if not person.mobile:
+                return None
+            if is_opted_out(session, "sms", person.mobile):
+                set_status(invitation, "opted_out", now, detail="opted out before a reminder")
+                return None
+            body = self._reminder_sms_body(session, invitation, now)
+            if body is None:
+                return None
+            message = Message(
+                direction="out",
+                channel="sms",
+                to_address=person.mobile,
+                from_address=self.sms.name,
+                body=body,
+                status="queued",
+            )
+        else:
+            if not person.email:
+                return None
+            if is_opted_out(session, "email", person.email):
+                set_status(invitation, "opted_out", now, detail="opted out before a reminder")
+                return None
+            text = self._reminder_email_text(invitation)
+            message = self._email_message(invitation, text)
+            html, headers = text.html, self.unsubscribe_headers(invitation)
+        message.person, message.invitation = person, invitation
+        message.created_at = message.updated_at = now
+        session.add(message)
+        session.flush()
+        self._deliver(session, message, invitation, now, html=html, headers=headers)
+        return message
+
+    def _local_close(self, invitation: Invitation) -> dt.datetime:
+        programme = invitation.wave.cohort.programme
+        return invitation.wave.closes_at.astimezone(ZoneInfo(programme.timezone))
+
+    def _reminder_sms_body(
+        self, session: Session, invitation: Invitation, now: dt.datetime
+    ) -> str | None:
+        person = invitation.person
+        if not uses_conversation(invitation):
+            about = invitation.subject if invitation.rater_relation != "self" else None
+            return reminder_sms(
+                person.given_name,
+                person.care_home.name,
+                self.link(invitation),
+                closes=self._local_close(invitation),
+                subject=about.given_name if about else None,
+            )
+        # Replies go to the person's oldest live conversation: reminding them of another
+        # one would have their answer recorded against the wrong question.
+        live = conversations_of(session, person, now, ("sent", "delivered", "started"))
+        if not live or live[0].id != invitation.id:
+            return None
+        state = conversation.State.from_dict(invitation.sms_state or {})
+        survey = survey_of(invitation)
+        if state.finished or state.position >= survey.total:
+            return None
+        if invitation.status == "started" or state.position > 0:
+            return conversation.question(survey, state, intro=REMINDER_PREFIX)
+        return opening(invitation)
+
+    def _reminder_email_text(self, invitation: Invitation) -> EmailText:
+        person = invitation.person
+        definition = definition_of(invitation.instrument_version)
+        subject = invitation.subject if invitation.rater_relation != "self" else None
+        return reminder_email(
+            given_name=person.given_name,
+            programme=invitation.wave.cohort.programme.name,
+            instrument_title=definition.title,
+            subject_name=subject.full_name if subject else None,
+            closes=self._local_close(invitation),
+            link=self.link(invitation),
+            instrument_key=definition.key,
+            minutes=max(2, round(len(definition.items) / 3)),
+            started=invitation.status == "started",
+            unsubscribe=self.unsubscribe_link(invitation),
+        )
 
     def _sms_body(self, session: Session, invitation: Invitation, now: dt.datetime) -> str | None:
         person = invitation.person
@@ -178,9 +296,11 @@ class Outbound:
                 invitation.person,
                 now,
             )
-        elif exc.permanent:
+        elif exc.permanent and invitation.status != "started":
             set_status(invitation, "failed", now, detail=f"{exc.code}: {exc}")
-        # A transient failure leaves the invitation pending: the next run retries it.
+        # A transient failure leaves the invitation pending: the next run retries it. A
+        # refused reminder never fails an invitation the person has started: failing it
+        # would close their half-given answers (the message keeps the provider's reply).
         session.flush()
 
     def send_pending(self, session: Session, now: dt.datetime | None = None) -> int:

@@ -10,17 +10,26 @@ File format (see `examples/programme.yaml`)::
 
     programme: {key, name, timezone?, anonymity_threshold?, contact?,
                 signposts?: [{id, instrument, item, values: [1], message}],
-                min_raters?: {staff: 5, peer: 3, line_manager: 1}}
+                min_raters?: {staff: 5, peer: 3, line_manager: 1},
+                send_window?: {start: "09:00", end: "20:00"},
+                leads?: [email, ...]}
     cohorts:
       - key, name, starts_on?
         homes: [name | {name, cqc_location_id?, local_authority?}]
         waves:
           - key, kind (baseline|midpoint|end|follow_up|pulse), name?,
-            opens: "YYYY-MM-DD HH:MM" (programme time zone), closes: ...,
+            opens: "YYYY-MM-DD HH:MM" (programme time zone),
+            closes: ... | open_for_days: 7,
+            repeat?: {every: week|month, on?: "tuesday" | "first tuesday" | 15, count: 6},
             reminders?: {after_days: [2, 5], max?: 2},
             ask:
               - {instrument, roles: [...], channel?: sms|email, sms?: conversation|link}
               - {instrument, subjects: manager, raters: {self: [manager], staff: [...]}}
+
+A `pulse` wave with `repeat` becomes one wave per occurrence, keyed `<key>-YYYY-MM-DD`
+(the local opening date): `opens` gives the first date and the time of day, and each
+occurrence stays open `open_for_days`. Reloading matches occurrences by key; occurrences
+the file no longer produces are deleted unless they already have invitations.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from dateutil import rrule
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -52,6 +63,7 @@ from storage.roster import normalise_home_key
 from surveys.catalogue import ensure_version
 from surveys.conversation import Signpost
 from surveys.instruments import InstrumentDefinition, load_library
+from surveys.schedule import parse_hhmm
 
 SMS_MODES = ("conversation", "link")
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -176,7 +188,17 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
     prog = check.need(raw, "programme", "(top level)", dict) or {}
     check.unknown(
         prog,
-        {"key", "name", "timezone", "anonymity_threshold", "contact", "signposts", "min_raters"},
+        {
+            "key",
+            "name",
+            "timezone",
+            "anonymity_threshold",
+            "contact",
+            "signposts",
+            "min_raters",
+            "send_window",
+            "leads",
+        },
         "programme",
     )
     key = check.need(prog, "key", "programme")
@@ -206,6 +228,8 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
         "contact": contact,
         "signposts": _signposts(prog.get("signposts") or [], library, check),
         "min_raters": _min_raters(prog.get("min_raters"), check),
+        "send_window": _send_window(prog.get("send_window"), check),
+        "leads": _leads(prog.get("leads"), check),
     }
     cohorts = check.need(raw, "cohorts", "(top level)", list) or []
     for c_index, cohort in enumerate(cohorts):
@@ -238,6 +262,55 @@ def _min_raters(raw: Any, check: _Checker) -> dict[str, int]:
         else:
             minimums[relation] = value
     return minimums
+
+
+def _send_window(raw: Any, check: _Checker) -> dict[str, str] | None:
+    """The daily local hours messages may go out, e.g. {start: "09:00", end: "20:00"}."""
+    if raw is None:
+        return None
+    where = "programme.send_window"
+    if not isinstance(raw, dict):
+        check.problems.append(f'{where}: expected a mapping like {{start: "09:00", end: "20:00"}}')
+        return None
+    check.unknown(raw, {"start", "end"}, where)
+    times = {}
+    for name in ("start", "end"):
+        value = raw.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML 1.1 reads an unquoted 20:00 (or 9:00) as minutes, 1200: back to HH:MM.
+            value = f"{value // 60:02d}:{value % 60:02d}"
+        try:
+            times[name] = parse_hhmm(value)
+        except ValueError as exc:
+            check.problems.append(f"{where}.{name}: {exc}")
+    if len(times) == 2 and times["end"] <= times["start"]:
+        check.problems.append(f"{where}.end: must be after start")
+    if len(times) != 2:
+        return None
+    return {name: value.strftime("%H:%M") for name, value in times.items()}
+
+
+def _leads(raw: Any, check: _Checker) -> list[str]:
+    """The programme leads' email addresses, for the weekly management-information email."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        check.problems.append("programme.leads: expected a list of email addresses")
+        return []
+    out = []
+    for index, value in enumerate(raw):
+        where = f"programme.leads[{index}]"
+        if not isinstance(value, str):
+            check.problems.append(f"{where}: expected an email address, got {value!r}")
+            continue
+        try:
+            address = validate_email(value.strip(), check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            check.problems.append(f"{where}: {value!r} is not an email address: {exc}")
+            continue
+        if address not in out:
+            out.append(address)
+    return out
 
 
 def _signposts(
@@ -292,9 +365,16 @@ def _parse_cohort(
         check.unknown(home, {"name", "cqc_location_id", "local_authority"}, h_where)
         if check.need(home, "name", h_where):
             homes.append(home)
-    waves = []
+    waves: list[dict[str, Any]] = []
+    series: dict[str, list[str]] = {}
     for w_index, wave in enumerate(check.need(cohort, "waves", where, list) or []):
-        waves.append(_parse_wave(wave, f"{where}.waves[{w_index}]", tz, library, check))
+        plan = _parse_wave(wave, f"{where}.waves[{w_index}]", tz, library, check)
+        occurrences = _expand(plan, wave, f"{where}.waves[{w_index}]", tz, check)
+        if occurrences is None:
+            waves.append(plan)
+        else:
+            waves += occurrences
+            series[plan["key"]] = [o["key"] for o in occurrences]
     _check_unique([w["key"] for w in waves], f"{where}.waves[].key", check)
     return {
         "key": key,
@@ -302,27 +382,43 @@ def _parse_cohort(
         "starts_on": starts_on,
         "homes": homes,
         "waves": waves,
+        "series": series,
     }
 
 
 def _parse_wave(
     wave: Any, where: str, tz: ZoneInfo, library: dict[str, InstrumentDefinition], check: _Checker
 ) -> dict[str, Any]:
-    allowed = {"key", "kind", "name", "opens", "closes", "reminders", "ask"}
+    allowed = {
+        "key",
+        "kind",
+        "name",
+        "opens",
+        "closes",
+        "open_for_days",
+        "repeat",
+        "reminders",
+        "ask",
+    }
     check.unknown(wave, allowed, where)
     wave = wave if isinstance(wave, dict) else {}
     kind = check.need(wave, "kind", where)
     if kind and kind not in WAVE_KINDS:
         check.problems.append(f"{where}.kind: {kind!r} is not one of {list(WAVE_KINDS)}")
     opens = _when(wave.get("opens"), tz, f"{where}.opens", check)
-    closes = _when(wave.get("closes"), tz, f"{where}.closes", check)
+    days = _open_for_days(wave, where, check)
+    closes: dt.datetime | None = None
+    if days is None:
+        closes = _when(wave.get("closes"), tz, f"{where}.closes", check)
+    elif opens:
+        closes = _after_days(opens, days, tz)
     if opens and closes and closes <= opens:
         check.problems.append(f"{where}.closes: must be after opens")
     reminders = wave.get("reminders") or {}
-    days = reminders.get("after_days", []) if isinstance(reminders, dict) else None
-    if not isinstance(days, list) or not all(isinstance(d, int | float) and d > 0 for d in days):
+    after = reminders.get("after_days", []) if isinstance(reminders, dict) else None
+    if not isinstance(after, list) or not all(isinstance(d, int | float) and d > 0 for d in after):
         check.problems.append(f"{where}.reminders.after_days: expected a list of positive days")
-        days = []
+        after = []
     asks = []
     for a_index, ask in enumerate(check.need(wave, "ask", where, list) or []):
         a_where = f"{where}.ask[{a_index}]"
@@ -346,11 +442,138 @@ def _parse_wave(
         "name": wave.get("name") or str(wave.get("key", "")).replace("_", " ").title(),
         "opens": opens,
         "closes": closes,
-        "reminders": {"after_days": days, "max": reminders.get("max", len(days))}
+        "reminders": {"after_days": after, "max": reminders.get("max", len(after))}
         if isinstance(reminders, dict)
         else {},
         "asks": asks,
+        "open_for_days": days,
     }
+
+
+def _open_for_days(wave: dict[str, Any], where: str, check: _Checker) -> float | None:
+    """`open_for_days`, which stands in for `closes`; None when the wave gives `closes`."""
+    days = wave.get("open_for_days")
+    if days is None:
+        if "repeat" in wave:
+            check.problems.append(f"{where}.open_for_days: a repeating wave needs open_for_days")
+        return None
+    if "closes" in wave:
+        check.problems.append(f"{where}.closes: give closes or open_for_days, not both")
+    if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
+        check.problems.append(f"{where}.open_for_days: expected a positive number of days")
+        return None
+    return float(days)
+
+
+def _after_days(opens: dt.datetime, days: float, tz: ZoneInfo) -> dt.datetime:
+    """`days` calendar days after `opens`, at the same local time (across clock changes)."""
+    local = opens.astimezone(tz).replace(tzinfo=None) + dt.timedelta(days=days)
+    return local.replace(tzinfo=tz).astimezone(dt.UTC)
+
+
+REPEAT_EVERY = {"week": rrule.WEEKLY, "month": rrule.MONTHLY}
+MAX_OCCURRENCES = 120
+_WEEKDAYS = {
+    name: day
+    for day, names in enumerate(
+        [
+            ("monday", "mon"),
+            ("tuesday", "tue", "tues"),
+            ("wednesday", "wed"),
+            ("thursday", "thu", "thur", "thurs"),
+            ("friday", "fri"),
+            ("saturday", "sat"),
+            ("sunday", "sun"),
+        ]
+    )
+    for name in names
+}
+_ORDINALS = {
+    "first": 1,
+    "1st": 1,
+    "second": 2,
+    "2nd": 2,
+    "third": 3,
+    "3rd": 3,
+    "fourth": 4,
+    "4th": 4,
+    "last": -1,
+}
+
+
+def _repeat_on(every: str, on: Any, where: str, check: _Checker) -> dict[str, Any] | None:
+    """rrule arguments for `on`: "tuesday" (weekly), "first tuesday" or 15 (monthly)."""
+    if on is None:
+        return {}
+    if every == "month" and isinstance(on, int) and not isinstance(on, bool):
+        if 1 <= on <= 28:
+            return {"bymonthday": on}
+        check.problems.append(f"{where}: day {on} is not in every month; use 1 to 28")
+        return None
+    words = str(on).strip().lower().split() if isinstance(on, str) else []
+    if every == "week" and len(words) == 1 and words[0] in _WEEKDAYS:
+        return {"byweekday": _WEEKDAYS[words[0]]}
+    if every == "month" and len(words) == 2 and words[0] in _ORDINALS and words[1] in _WEEKDAYS:
+        weekday = rrule.weekday(_WEEKDAYS[words[1]])
+        return {"byweekday": weekday(_ORDINALS[words[0]])}
+    example = '"tuesday"' if every == "week" else '"first tuesday", "last friday" or 15'
+    check.problems.append(f"{where}: {on!r} is not a day like {example}")
+    return None
+
+
+def _expand(
+    plan: dict[str, Any], wave: Any, where: str, tz: ZoneInfo, check: _Checker
+) -> list[dict[str, Any]] | None:
+    """A repeating pulse wave's occurrences as wave plans; None for a wave that does not
+    repeat (or when the file is wrong: the problems are recorded)."""
+    if not isinstance(wave, dict) or "repeat" not in wave:
+        return None
+    where = f"{where}.repeat"
+    repeat = wave["repeat"]
+    if plan["kind"] != "pulse":
+        check.problems.append(f"{where}: only a pulse wave repeats (kind: pulse)")
+        return None
+    if not isinstance(repeat, dict):
+        check.problems.append(f"{where}: expected a mapping like {{every: month, count: 6}}")
+        return None
+    check.unknown(repeat, {"every", "on", "count"}, where)
+    every = repeat.get("every")
+    if every not in REPEAT_EVERY:
+        check.problems.append(f"{where}.every: expected one of {list(REPEAT_EVERY)}")
+        return None
+    count = repeat.get("count")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_OCCURRENCES:
+        check.problems.append(f"{where}.count: expected a whole number from 1 to {MAX_OCCURRENCES}")
+        return None
+    on = _repeat_on(every, repeat.get("on"), f"{where}.on", check)
+    key = plan["key"]
+    if isinstance(key, str) and len(key) > 64 - len("-YYYY-MM-DD"):
+        check.problems.append(f"{where}: the key {key!r} is too long for dated occurrences")
+    if on is None or not plan["opens"] or plan["open_for_days"] is None or not key:
+        return None
+    first = plan["opens"].astimezone(tz).replace(tzinfo=None)
+    # Local wall-clock dates and times: 09:00 stays 09:00 across the clock changes.
+    starts = list(rrule.rrule(REPEAT_EVERY[every], dtstart=first, count=count, **on))
+    occurrences = []
+    for start in starts:
+        opens = start.replace(tzinfo=tz).astimezone(dt.UTC)
+        occurrences.append(
+            {
+                **plan,
+                "key": f"{key}-{start:%Y-%m-%d}",
+                "name": f"{plan['name']} {start:%-d %b %Y}",
+                "opens": opens,
+                "closes": _after_days(opens, plan["open_for_days"], tz),
+            }
+        )
+    for earlier, later in zip(occurrences, occurrences[1:], strict=False):
+        if earlier["closes"] > later["opens"]:
+            check.problems.append(
+                f"{where}: {earlier['key']} would still be open when {later['key']} opens;"
+                " make open_for_days shorter than the gap between occurrences"
+            )
+            break
+    return occurrences
 
 
 def _check_unique(values: list[Any], where: str, check: _Checker) -> None:
@@ -419,6 +642,26 @@ def _load_cohort(
         cohort.homes = homes
     for wave_plan in plan["waves"]:
         _load_wave(session, cohort, wave_plan, library, report)
+    for key, keys in plan["series"].items():
+        _prune_series(session, cohort, key, set(keys), report)
+
+
+def _prune_series(
+    session: Session, cohort: Cohort, key: str, keep: set[str], report: ProgrammeReport
+) -> None:
+    """Delete occurrences of a repeating wave that the file no longer produces, unless
+    they already have invitations (those stay, with their answers)."""
+    dated = re.compile(rf"^{re.escape(key)}-\d{{4}}-\d{{2}}-\d{{2}}$")
+    for wave in session.scalars(select(Wave).where(Wave.cohort_id == cohort.id)).all():
+        if not dated.match(wave.key) or wave.key in keep:
+            continue
+        label = f"wave {cohort.key}/{wave.key}"
+        if session.scalar(select(Invitation.id).where(Invitation.wave_id == wave.id).limit(1)):
+            report.updated.append(f"{label} kept (no longer in the file, but it has invitations)")
+            continue
+        session.delete(wave)
+        report.updated.append(f"{label} deleted (no longer in the file)")
+    session.flush()
 
 
 def _home(session: Session, plan: dict[str, Any], report: ProgrammeReport) -> CareHome:

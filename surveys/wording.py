@@ -163,3 +163,130 @@ def invitation_email(
         footer=footer,
     )
     return EmailText(subject=subject, body=body, html=html)
+
+
+def reminder_sms(
+    given_name: str,
+    home: str,
+    link: str,
+    closes: dt.datetime | None = None,
+    subject: str | None = None,
+) -> str:
+    """A one-segment SMS reminder with the survey link and how to opt out.
+
+    `closes` (local time) says until when the survey is open; `subject` is the manager a
+    360 rater is asked about. Longer forms give way to shorter ones until one fits.
+    """
+    name = first_name(given_name)
+    until = f" until {closes:%a %-d %b}" if closes else ""
+    stop = "Reply STOP to opt out"
+    about = (
+        [
+            f"Hi {name}, a reminder: how does {first_name(subject)} lead {home}? "
+            f"The survey is open{until}: {link} {stop}",
+            f"Hi {name}, a reminder: how does {first_name(subject)} lead your home? "
+            f"Survey open{until}: {link} {stop}",
+        ]
+        if subject
+        else []
+    )
+    return fit_one_segment(
+        *about,
+        f"Hi {name}, a reminder: your survey about {home} is open{until}: {link} {stop}",
+        f"Hi {name}, a reminder: your survey is open{until}: {link} {stop}",
+        f"Hi {name}, a reminder: your survey is still open: {link} {stop}",
+        f"Reminder: your survey is still open: {link} {stop}",
+    )
+
+
+_REMINDER_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{subject}</title>
+</head>
+<body style="margin:0;padding:0;background:#ffffff;color:#1a1a1a;\
+font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5">
+<div role="article" aria-label="{subject}" lang="en" style="max-width:600px;padding:16px">
+<h1 style="font-size:24px;line-height:1.3;margin:0 0 16px">{heading}</h1>
+<p>Dear {name},</p>
+<p>{opening}</p>
+<p>The survey closes on <strong>{closing}</strong>.</p>
+<p style="margin:24px 0"><a href="{link}" style="display:inline-block;background:#1d70b8;\
+color:#ffffff;padding:12px 20px;border-radius:4px;font-weight:bold;text-decoration:none">\
+{button}</a></p>
+<p>If the button does not work, copy this personal link into your browser \
+(please do not forward it):<br><a href="{link}" style="color:#1d70b8">{link}</a></p>
+<p>Thank you,<br>The programme team</p>
+{footer}</div>
+</body>
+</html>
+"""
+
+
+def reminder_email(
+    *,
+    given_name: str,
+    programme: str,
+    instrument_title: str,
+    subject_name: str | None,
+    closes: dt.datetime,
+    link: str,
+    instrument_key: str | None = None,
+    minutes: int = 5,
+    started: bool = False,
+    unsubscribe: str | None = None,
+) -> EmailText:
+    """A reminder email: what is still waiting, by when, and the link back to it.
+
+    With `started`, it thanks the person for starting and says the link takes them back to
+    where they stopped (their answers so far are kept). `closes` is in local time. The HTML
+    says the same as the plain text, with every value escaped.
+    """
+    what = _what_is_asked(instrument_key, instrument_title, subject_name)
+    closing = closes.strftime("%A %-d %B %Y")
+    name = first_name(given_name)
+    if started:
+        heading = f"Please finish {what}"
+        opening = (
+            f"Thank you for starting {what} for {programme}. Your answers so far are saved: "
+            "the link below takes you back to where you stopped."
+        )
+        button = "Continue the survey"
+    else:
+        heading = f"Reminder: please complete {what}"
+        opening = (
+            f"A reminder that {what} for {programme} is still waiting for you. "
+            f"It takes about {minutes} minutes."
+        )
+        button = "Start the survey"
+    stop = (
+        f"\n---\nYou are getting this email because you take part in {programme}. "
+        f"To stop emails about this programme, unsubscribe here:\n{unsubscribe}\n"
+        if unsubscribe
+        else ""
+    )
+    body = (
+        f"Dear {name},\n\n{opening}\n\n"
+        f"The survey closes on {closing}.\n\n"
+        f"Your personal link (please do not forward it):\n{link}\n\n"
+        f"Thank you,\nThe programme team\n{stop}"
+    )
+    subject = f"Reminder: {programme}: {instrument_title} (closes {closing})"
+    footer = (
+        _HTML_FOOTER.format(programme=escape(programme), unsubscribe=escape(unsubscribe))
+        if unsubscribe
+        else ""
+    )
+    html = _REMINDER_HTML.format(
+        subject=escape(subject),
+        heading=escape(heading),
+        name=escape(name),
+        opening=escape(opening),
+        closing=escape(closing),
+        link=escape(link),
+        button=escape(button),
+        footer=footer,
+    )
+    return EmailText(subject=subject, body=body, html=html)
