@@ -76,12 +76,7 @@ class Outbound:
             text = self._email_text(invitation)
             message = self._email_message(invitation, text)
             html, headers = text.html, self.unsubscribe_headers(invitation)
-        message.person, message.invitation = person, invitation
-        message.created_at = message.updated_at = now
-        session.add(message)
-        session.flush()
-        self._deliver(session, message, invitation, now, html=html, headers=headers)
-        return message
+        return self._store_and_deliver(session, message, invitation, now, html, headers)
 
     def send_reminder(
         self,
@@ -134,7 +129,19 @@ class Outbound:
             text = self._reminder_email_text(invitation)
             message = self._email_message(invitation, text)
             html, headers = text.html, self.unsubscribe_headers(invitation)
-        message.person, message.invitation = person, invitation
+        return self._store_and_deliver(session, message, invitation, now, html, headers)
+
+    def _store_and_deliver(
+        self,
+        session: Session,
+        message: Message,
+        invitation: Invitation,
+        now: dt.datetime,
+        html: str | None,
+        headers: dict[str, str] | None,
+    ) -> Message:
+        """Store the message first, then hand it to the provider (one path for every send)."""
+        message.person, message.invitation = invitation.person, invitation
         message.created_at = message.updated_at = now
         session.add(message)
         session.flush()
