@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bot.config import Settings
+from bot.dispatch import dispatch_once
 from bot.outbound import Outbound
 from bot.transports import EmailTransport
 from storage.models import Invitation, OutboxItem, Wave, utcnow
@@ -149,16 +150,7 @@ def due_work(session: Session, outbound: Outbound, now: dt.datetime | None = Non
     """
     now = now or utcnow()
     report = tick(session, now)
-    try:
-        from bot.dispatch import dispatch_once
-    except ModuleNotFoundError as exc:
-        if exc.name != "bot.dispatch":
-            raise
-        # Until the dispatcher exists: send pending invitations directly (no quiet hours,
-        # no reminders).
-        report.sent = outbound.send_pending(session, now)
-    else:
-        report.sent = _count_sent(dispatch_once(session, outbound, now))
+    report.sent = _count_sent(dispatch_once(session, outbound, now))
     return report
 
 
