@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -21,6 +21,7 @@ from storage.models import (
     Programme,
     Response,
     Wave,
+    WaveInstrument,
 )
 
 FUNNEL_STAGES = ("sent", "delivered", "started", "completed")
@@ -31,7 +32,9 @@ INVITATION_COLUMNS = [
     "wave",
     "wave_kind",
     "wave_opens_at",
+    "wave_closes_at",
     "instrument",
+    "instrument_version_id",
     "home",
     "role",
     "channel",
@@ -39,6 +42,37 @@ INVITATION_COLUMNS = [
     "status",
     "person_id",
     "subject_id",
+    "active_from",
+    "active_to",
+]
+ANSWER_COLUMNS = [
+    "invitation_id",
+    "cohort",
+    "wave",
+    "wave_kind",
+    "wave_opens_at",
+    "instrument",
+    "instrument_version_id",
+    "relation",
+    "person_id",
+    "subject_id",
+    "home",
+    "role",
+    "item_id",
+    "value",
+    "channel",
+    "completed",
+]
+ITEM_COLUMNS = [
+    "instrument",
+    "instrument_version_id",
+    "position",
+    "item_id",
+    "text",
+    "scale_min",
+    "scale_max",
+    "reverse",
+    "scales",
 ]
 
 
@@ -66,7 +100,9 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         Wave.key,
         Wave.kind,
         Wave.opens_at,
+        Wave.closes_at,
         Instrument.key,
+        Invitation.instrument_version_id,
         CareHome.name,
         Person.role,
         Invitation.channel,
@@ -74,6 +110,8 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         Invitation.status,
         Invitation.person_id,
         Invitation.subject_person_id,
+        Person.active_from,
+        Person.active_to,
     )
     stmt = _with_context(stmt, programme_key).order_by(Invitation.id)
     frame = pd.DataFrame(session.execute(stmt).all(), columns=INVITATION_COLUMNS)
@@ -88,6 +126,18 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
     for stage in FUNNEL_STAGES:
         ids = set(reached.loc[reached["status"] == stage, "invitation_id"])
         frame[f"reached_{stage}"] = frame["invitation_id"].isin(ids)
+    # Items answered with a value (SKIP and left-unanswered items are stored as NULL).
+    counts = session.execute(
+        select(Response.invitation_id, func.count(Answer.value))
+        .join(Answer, Answer.response_id == Response.id, isouter=True)
+        .where(Response.invitation_id.in_(select(stmt.subquery().c.id)))
+        .group_by(Response.invitation_id)
+    ).all()
+    answered = dict(counts)
+    frame["responded"] = frame["invitation_id"].isin(answered)
+    frame["items_answered"] = frame["invitation_id"].map(answered).fillna(0).astype(int)
+    totals = items_frame(session, programme_key).groupby("instrument_version_id").size()
+    frame["items_total"] = frame["instrument_version_id"].map(totals).fillna(0).astype(int)
     return frame
 
 
@@ -95,36 +145,87 @@ def answers_frame(session: Session, programme_key: str) -> pd.DataFrame:
     """One row per answered item, keyed by pseudonymous ids (person, subject), never names."""
     stmt = (
         select(
+            Invitation.id,
             Cohort.key,
             Wave.key,
             Wave.kind,
+            Wave.opens_at,
             Instrument.key,
+            Invitation.instrument_version_id,
             Invitation.rater_relation,
             Invitation.person_id,
             Invitation.subject_person_id,
             CareHome.name,
+            Person.role,
             Answer.item_id,
             Answer.value,
+            Answer.channel,
             Response.completed_at.is_not(None),
         )
         .join(Response, Answer.response_id == Response.id)
         .join(Invitation, Response.invitation_id == Invitation.id)
     )
     stmt = _with_context(stmt, programme_key).where(Answer.value.is_not(None))
-    columns = [
-        "cohort",
-        "wave",
-        "wave_kind",
-        "instrument",
-        "relation",
-        "person_id",
-        "subject_id",
-        "home",
-        "item_id",
-        "value",
-        "completed",
-    ]
-    return pd.DataFrame(session.execute(stmt).all(), columns=columns)
+    return pd.DataFrame(session.execute(stmt).all(), columns=ANSWER_COLUMNS)
+
+
+def items_frame(session: Session, programme_key: str) -> pd.DataFrame:
+    """One row per item of every instrument version the programme's waves ask: its order,
+    wording (the "others" phrasing for a 360), scale range, whether it is reverse-scored,
+    and the subscales (`scales`, a tuple of names) it belongs to.
+
+    Read from the stored definition (`InstrumentVersion.definition`), which is immutable,
+    so a report always scores a wave with the wording it was asked with.
+    """
+    versions = session.execute(
+        select(Instrument.key, InstrumentVersion.id, InstrumentVersion.definition)
+        .join(Instrument, InstrumentVersion.instrument_id == Instrument.id)
+        .where(
+            InstrumentVersion.id.in_(
+                select(WaveInstrument.instrument_version_id)
+                .join(Wave, WaveInstrument.wave_id == Wave.id)
+                .join(Cohort, Wave.cohort_id == Cohort.id)
+                .join(Programme, Cohort.programme_id == Programme.id)
+                .where(Programme.key == programme_key)
+            )
+        )
+        .order_by(Instrument.key, InstrumentVersion.id)
+    ).all()
+    rows = []
+    for key, version_id, definition in versions:
+        scales = definition.get("response_scales", {})
+        membership: dict[str, list[str]] = {}
+        for scale_name, item_ids in (definition.get("scales") or {}).items():
+            for item_id in item_ids:
+                membership.setdefault(item_id, []).append(scale_name)
+        for position, item in enumerate(definition.get("items", []), start=1):
+            scale = scales.get(item.get("scale"), {})
+            text = item.get("text")
+            if isinstance(text, dict):
+                text = text.get("others") or text.get("default") or next(iter(text.values()))
+            rows.append(
+                [
+                    key,
+                    version_id,
+                    position,
+                    item["id"],
+                    text,
+                    scale.get("min"),
+                    scale.get("max"),
+                    bool(item.get("reverse", False)),
+                    tuple(membership.get(item["id"], ())),
+                ]
+            )
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
+
+
+def min_raters(session: Session, programme_key: str) -> dict[str, int]:
+    """The programme's minimum group size per 360 rater relation (`staff`, `peer`,
+    `line_manager`), as loaded from its programme file; `self` is always 1."""
+    settings = session.scalar(select(Programme.settings).where(Programme.key == programme_key))
+    if settings is None:
+        raise LookupError(f"no programme with key {programme_key!r}")
+    return {"self": 1, **{k: int(v) for k, v in (settings.get("min_raters") or {}).items()}}
 
 
 def anonymity_threshold(session: Session, programme_key: str) -> int:

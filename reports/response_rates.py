@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-SUPPRESSED = "suppressed"
+from reports.disclosure import SUPPRESSED
+
 FUNNEL = ["sent", "delivered", "started", "completed"]
 
 
