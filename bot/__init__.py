@@ -33,10 +33,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     from bot import (
+        api,
+        auth,
+        dashboard,
         db,
         devtools,
         errors,
         health,
+        manager_reports,
         overview,
         survey_links,
         twilio_webhooks,
@@ -46,11 +50,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(auth.bp)
     app.register_blueprint(overview.bp)
     app.register_blueprint(survey_links.bp)
     app.register_blueprint(devtools.bp)
     app.register_blueprint(twilio_webhooks.bp)
     app.register_blueprint(unsubscribe.bp)
+    app.register_blueprint(dashboard.bp)
+    app.register_blueprint(manager_reports.bp)
+    app.register_blueprint(api.bp)
     if settings.trusted_proxies:
         # Behind a TLS-terminating proxy, trust its X-Forwarded-* headers (and only its).
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -16,6 +16,7 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from bot import create_app
+from bot.account_commands import user_group
 from bot.clock import due_work
 from bot.config import ConfigError
 from bot.db import get_engine, get_session
@@ -216,24 +217,95 @@ def weekly_mail_command(programme_key: str | None) -> None:
 
 @click.command("report")
 @click.option("--programme", "programme_key", help="Programme key (default: the only one).")
-@click.option("--pre", default="baseline", show_default=True, help="Wave key before.")
-@click.option("--post", default="end", show_default=True, help="Wave key after.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Write CSV here.")
+@click.option("--pre", help="Wave key before (default: the first baseline wave).")
+@click.option("--post", help="Wave key after (default: the last end wave).")
+@click.option("--cohort", help="Only this cohort (refused if it or the rest is too small).")
+@click.option("--home", help="Only this care home, by name (same rule).")
+@click.option("--role", help="Only this roster role (same rule).")
+@click.option("--channel", type=click.Choice(["sms", "email"]), help="Only this channel.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write every table as CSV, one XLSX workbook and PNG charts into this folder.",
+)
+@click.option(
+    "--wide",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Programme leads: also write the pseudonymised analysis file (CSV) here.",
+)
 @with_appcontext
-def report_command(programme_key: str | None, pre: str, post: str, out: Path | None) -> None:
-    """Print response rates and pre/post change; with --out, also write them as CSV."""
-    from bot.summary import programme_summary, resolve_programme
+def report_command(
+    programme_key: str | None,
+    pre: str | None,
+    post: str | None,
+    cohort: str | None,
+    home: str | None,
+    role: str | None,
+    channel: str | None,
+    out: Path | None,
+    wide: Path | None,
+) -> None:
+    """Print the evaluator report; --out also writes CSV, XLSX and PNG charts.
+
+    The same tables as the dashboard and the JSON API (one reporting layer). Figures from
+    fewer people than the programme's anonymity threshold are suppressed everywhere.
+    """
+    from bot.summary import pseudonym_key, report_text, resolve_programme, write_report_files
+    from reports.disclosure import DisclosureError
+    from reports.export import wide_answers, write_csv
+    from reports.frames import answers_frame, items_frame
+    from reports.service import ReportError, ReportRequest, build_report
 
     _require_migrated()
     session = get_session()
     key = resolve_programme(session, programme_key)
-    text, tables = programme_summary(session, key, pre, post)
-    click.echo(text)
+    filters = {"cohort": cohort, "home": home, "role": role, "channel": channel}
+    wanted = ReportRequest(key, pre, post, {k: v for k, v in filters.items() if v})
+    try:
+        report = build_report(session, wanted)
+    except (ReportError, DisclosureError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report_text(report))
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, table in tables.items():
-            table.to_csv(out / f"{name}.csv", index=False)
-        click.echo(f"wrote {', '.join(f'{n}.csv' for n in tables)} to {out}")
+        written = write_report_files(report, out)
+        click.echo(f"\nwrote {len(written)} files to {out}: {', '.join(written)}")
+    if wide:
+        secret = current_app.config["SECRET_KEY"]
+        frame = wide_answers(
+            answers_frame(session, key), items_frame(session, key), pseudonym_key(secret)
+        )
+        wide.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(frame, wide)
+        click.echo(f"wrote the pseudonymised analysis file ({len(frame)} rows) to {wide}")
+
+
+@click.command("manager-links")
+@click.option("--programme", "programme_key", help="Programme key (default: the only one).")
+@with_appcontext
+def manager_links_command(programme_key: str | None) -> None:
+    """Print each rated manager's personal link to their confidential 360 report.
+
+    For the programme lead to send to each manager; a link opens that one report only and
+    stops working after 120 days.
+    """
+    from sqlalchemy import select
+
+    from bot.manager_reports import LINK_DAYS, report_link
+    from bot.summary import resolve_programme
+    from reports.frames import subjects_rated
+    from storage.models import Person
+
+    _require_migrated()
+    session = get_session()
+    key = resolve_programme(session, programme_key)
+    ids = subjects_rated(session, key)
+    if not ids:
+        raise click.ClickException(f"nobody has been rated in a 360 in {key!r} yet")
+    with current_app.test_request_context():
+        for person in session.scalars(select(Person).where(Person.id.in_(ids))):
+            contact = person.email or "no email on the roster"
+            click.echo(f"{person.full_name} <{contact}>\n  {report_link(key, person.id)}")
+    click.echo(f"(links stop working after {LINK_DAYS} days)")
 
 
 @click.command("demo")
@@ -249,7 +321,8 @@ def demo_command(keep: Path | None) -> None:
     mailbox, and simulated respondents answering through the real answer path.
     """
     from bot.demo import run_cycle
-    from bot.summary import programme_summary, resolve_programme
+    from bot.summary import report_text, resolve_programme
+    from reports.service import ReportRequest, build_report
 
     with tempfile.TemporaryDirectory() as folder:
         path = keep or Path(folder) / "demo.sqlite3"
@@ -276,9 +349,9 @@ def demo_command(keep: Path | None) -> None:
                     f"{tick.invited} invited, {tick.sent} sent, {completed} completed"
                 )
             key = resolve_programme(session, None)
-            text, _ = programme_summary(session, key, "baseline", "end")
+            report = build_report(session, ReportRequest(key, "baseline", "end"))
             click.echo("")
-            click.echo(text)
+            click.echo(report_text(report))
         if keep:
             click.echo(f"\ndemo database kept at {keep}")
 
@@ -292,18 +365,23 @@ def serve_command(host: str, port: int, demo: bool) -> None:
     """Apply migrations, optionally load the demo, and serve the web app."""
     from werkzeug.serving import run_simple
 
-    from bot.demo import is_empty, seed
+    from bot.demo import create_demo_accounts, is_empty, seed
 
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     storage_db.upgrade(get_engine())
     session = get_session()
+    accounts = None
     if demo and is_empty(session):
         tick = seed(session, _outbound())
+        accounts = create_demo_accounts(session)
         session.commit()
         click.echo(f"loaded the demo programme: {tick.summary()}")
     settings = app.config["CAREPULSE"]
     url = f"http://{host}:{port}/"
     click.echo(f"carepulse is running at {url}")
+    click.echo(f"  evaluator reports:   {url}dashboard/ (sign in at {url}login)")
+    if accounts:
+        click.echo(accounts.summary())
     click.echo(
         f"  development phone:   {url}dev/phone"
         if settings.sms_transport == "dev-phone"
@@ -421,8 +499,10 @@ for command in (
     dispatch_command,
     outbox_group,
     report_command,
+    manager_links_command,
     demo_command,
     serve_command,
+    user_group,
 ):
     cli.add_command(command)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from bot.clock import TickReport, due_work
 from bot.outbound import Outbound
-from storage.models import Invitation, Programme, Wave, utcnow
+from storage.accounts import create_account
+from storage.models import Account, Invitation, Programme, Wave, utcnow
 from storage.roster import import_roster
 from surveys.answers import complete_response, record_answer
 from surveys.catalogue import definition_of
@@ -80,6 +82,44 @@ def seed(session: Session, outbound: Outbound, now: dt.datetime | None = None) -
 def is_empty(session: Session) -> bool:
     """True when no programme has been loaded yet."""
     return session.scalar(select(Programme.id).limit(1)) is None
+
+
+DEMO_ACCOUNTS = (
+    ("admin@example.org", "admin", "Demo administrator"),
+    ("lead@example.org", "programme_lead", "Demo programme lead"),
+    ("evaluator@example.org", "evaluator", "Demo evaluator"),
+)
+"""The demo's sign-in accounts: email, role, name."""
+
+
+@dataclass(frozen=True)
+class DemoAccounts:
+    """The demo accounts just created, and the one password they share."""
+
+    emails: tuple[str, ...]
+    password: str
+
+    def summary(self) -> str:
+        """Lines for the console: who can sign in, and with which password."""
+        who = ", ".join(f"{email} ({role})" for email, role, _ in DEMO_ACCOUNTS)
+        return f"demo sign-in accounts: {who}\n  password for all three: {self.password}"
+
+
+def create_demo_accounts(session: Session) -> DemoAccounts | None:
+    """Sign-in accounts for the demo, when the database has none; None when it had some.
+
+    The lead and the evaluator see every programme loaded (after `seed`, just the demo's).
+    The password is random, made here: a fixed one would open any server where someone
+    once ran the demo. Only the demo (`carepulse serve --demo`) calls this.
+    """
+    if session.scalar(select(Account.id).limit(1)) is not None:
+        return None
+    keys = session.scalars(select(Programme.key).order_by(Programme.key)).all()
+    password = secrets.token_urlsafe(12)
+    for email, role, name in DEMO_ACCOUNTS:
+        scope = () if role == "admin" else keys
+        create_account(session, email, password, role, name=name, programme_keys=scope)
+    return DemoAccounts(tuple(email for email, _, _ in DEMO_ACCOUNTS), password)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, render_template
+from flask import Flask, jsonify, render_template, request
 from sqlalchemy.exc import DataError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException
 
@@ -16,6 +16,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if _wants_json():
+            return jsonify({"error": exc.description, "status": exc.code}), exc.code
         return render_template(
             "error.html", code=exc.code, title=exc.name, detail=exc.description
         ), exc.code
@@ -26,6 +28,8 @@ def init_app(app: Flask) -> None:
         # An unreachable or unmigrated database: tell the caller to come back (and a
         # retrying client such as Twilio to retry), rather than fail with a 500.
         log.error("database unavailable: %s", exc.__class__.__name__)
+        if _wants_json():
+            return jsonify({"error": "database unavailable; try again shortly", "status": 503}), 503
         return render_template(
             "error.html",
             code=503,
@@ -46,6 +50,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         log.exception("unhandled error")
+        if _wants_json():
+            return jsonify({"error": "something went wrong on our side", "status": 500}), 500
         return render_template(
             "error.html",
             code=500,
@@ -53,3 +59,8 @@ def init_app(app: Flask) -> None:
             detail="Sorry, something went wrong on our side. Answers you had already "
             "saved are safe; please try again.",
         ), 500
+
+
+def _wants_json() -> bool:
+    """API clients get errors as JSON, people get a page."""
+    return request.path.startswith("/api/")

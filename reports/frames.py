@@ -236,3 +236,12 @@ def anonymity_threshold(session: Session, programme_key: str) -> int:
     if value is None:
         raise LookupError(f"no programme with key {programme_key!r}")
     return value
+
+
+def subjects_rated(session: Session, programme_key: str) -> list[int]:
+    """Person ids of the managers rated in the programme's 360s (ids only, no names)."""
+    stmt = _with_context(
+        select(Invitation.subject_person_id).where(Invitation.subject_person_id.is_not(None)),
+        programme_key,
+    ).distinct()
+    return sorted(session.scalars(stmt))

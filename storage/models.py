@@ -13,7 +13,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
+    Column,
     Date,
     DateTime,
     ForeignKey,
@@ -21,6 +23,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -29,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from storage.vocabulary import (
+    ACCOUNT_ROLES,
     CHANNELS,
     INVITATION_STATUSES,
     OUTBOX_PURPOSES,
@@ -482,3 +486,67 @@ class OptOut(Base):
         UniqueConstraint("channel", "address"),
         CheckConstraint(_in("channel", CHANNELS), name="channel_known"),
     )
+
+
+account_programmes = Table(
+    "account_programmes",
+    Base.metadata,
+    Column("account_id", ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("programme_id", ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True),
+)
+"""The programmes a programme lead or an evaluator may see. Admins need none: they see all."""
+
+
+class Account(Base):
+    """Someone who signs in to carepulse: an admin, a programme lead or an evaluator.
+
+    Accounts are never deleted, only deactivated (`active` False), so that what an account
+    did stays attributable. The email is stored lower-cased (the check makes sure of it),
+    so that one address cannot hold two accounts by differing in case.
+    """
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    role: Mapped[str] = mapped_column(String(32))
+    # argon2id, in the PHC string format that carries its own salt and parameters.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column()
+
+    programmes: Mapped[list[Programme]] = relationship(
+        secondary=account_programmes, order_by="Programme.key"
+    )
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="account", order_by="ApiToken.id")
+
+    __table_args__ = (
+        CheckConstraint(_in("role", ACCOUNT_ROLES), name="role_known"),
+        CheckConstraint("email = lower(email)", name="email_lower_case"),
+    )
+
+
+class ApiToken(Base):
+    """A bearer token for the JSON API, `cp_<prefix>_<secret>`, stored only as a hash.
+
+    The prefix is public: it names the token in listings and in `carepulse user revoke`.
+    The token has 256 random bits, so a plain SHA-256 of it cannot be reversed or guessed;
+    a slow hash (as for passwords) would only slow every API call down.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    label: Mapped[str] = mapped_column(String(100), default="")
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column()
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+    account: Mapped[Account] = relationship(back_populates="tokens")

@@ -40,3 +40,9 @@ INVITATION_STATUSES: tuple[str, ...] = (
     "opted_out",
     "expired",
 )
+ACCOUNT_ROLES: tuple[str, ...] = (
+    "admin",  # everything, every programme
+    "programme_lead",  # their programmes, including who has not answered
+    "evaluator",  # aggregated, disclosure-controlled outputs of their programmes only
+)
+"""Roles of the people who sign in to carepulse (not roster roles: see ROLES)."""

@@ -1,0 +1,221 @@
+"""The evaluator dashboard (`/dashboard/`): the report's tables and charts, downloads, and
+for programme leads the pseudonymised analysis file and each manager's confidential 360.
+
+Tables and charts come from `reports.service.build_report`, the same call as the API and
+`carepulse report`. Evaluators see aggregates only; the per-manager 360 pages and the wide
+file are for admins and the programme's leads.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    render_template,
+    request,
+    send_file,
+)
+from sqlalchemy import select
+
+from bot.access import can_see_programme, programme_keys_for, require_role
+from bot.db import get_session
+from bot.summary import pseudonym_key
+from reports import report_charts, three_sixty
+from reports.disclosure import DisclosureError
+from reports.export import wide_answers, write_csv, write_workbook
+from reports.frames import answers_frame, items_frame, min_raters, subjects_rated
+from reports.service import (
+    FILTERS,
+    TABLE_TITLES,
+    Report,
+    ReportError,
+    ReportRequest,
+    build_report,
+    programme_waves,
+)
+from storage.models import Person, Programme
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+READERS = ("admin", "programme_lead", "evaluator")
+LEADS = ("admin", "programme_lead")
+
+
+@bp.get("/")
+@require_role(*READERS)
+def index() -> str:
+    """The programmes this account may see."""
+    keys = programme_keys_for(g.account)
+    stmt = select(Programme).order_by(Programme.key)
+    if keys is not None:
+        stmt = stmt.where(Programme.key.in_(keys))
+    return render_template("dashboard/index.html", programmes=get_session().scalars(stmt).all())
+
+
+@bp.get("/<key>/")
+@require_role(*READERS)
+def programme(key: str) -> str | tuple[str, int]:
+    """The report page: filters, every table, the charts and the downloads."""
+    waves = _visible_waves(key)
+    try:
+        built = _report(key)
+    except (ReportError, DisclosureError) as exc:
+        return render_template(
+            "dashboard/programme.html",
+            key=key,
+            waves=waves,
+            error=str(exc),
+            report=None,
+            args=request.args,
+            filters=FILTERS,
+            titles=TABLE_TITLES,
+            charts=[],
+        ), 403 if isinstance(exc, DisclosureError) else 400
+    return render_template(
+        "dashboard/programme.html",
+        key=key,
+        waves=waves,
+        error=None,
+        report=built,
+        args=request.args,
+        filters=FILTERS,
+        titles=TABLE_TITLES,
+        charts=report_charts.names(built),
+        is_lead=g.account.role in LEADS,
+    )
+
+
+@bp.get("/<key>/charts/<name>.png")
+@require_role(*READERS)
+def chart(key: str, name: str) -> Response:
+    """One chart of the report as PNG."""
+    built = _report_or_abort(key)
+    if name not in report_charts.names(built):
+        abort(404, f"there is no chart {name!r}")
+    figure = report_charts.draw(built, name)
+    buffer = io.BytesIO()
+    report_charts.save(figure, buffer)
+    return Response(buffer.getvalue(), mimetype="image/png")
+
+
+@bp.get("/<key>/tables/<table>.csv")
+@require_role(*READERS)
+def table_csv(key: str, table: str) -> Response:
+    """One table as CSV, exactly as shown."""
+    built = _report_or_abort(key)
+    if table not in built.tables:
+        abort(404, f"there is no table {table!r}")
+    return _file_response(
+        lambda path: write_csv(built.tables[table], path), f"{key}-{table}.csv", "text/csv"
+    )
+
+
+@bp.get("/<key>/report.xlsx")
+@require_role(*READERS)
+def workbook(key: str) -> Response:
+    """Every table in one workbook, a sheet each, with an About sheet of methods."""
+    built = _report_or_abort(key)
+    return _file_response(
+        lambda path: write_workbook(built.tables, path, notes=built.notes),
+        f"{key}-report.xlsx",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    )
+
+
+@bp.get("/<key>/wide.csv")
+@require_role(*LEADS)
+def wide(key: str) -> Response:
+    """The programme lead's pseudonymised analysis file: a row per person per wave."""
+    _require_programme(key)
+    session = get_session()
+    frame = wide_answers(
+        answers_frame(session, key),
+        items_frame(session, key),
+        pseudonym_key(current_app.config["SECRET_KEY"]),
+    )
+    return _file_response(lambda path: write_csv(frame, path), f"{key}-wide.csv", "text/csv")
+
+
+@bp.get("/<key>/managers/")
+@require_role(*LEADS)
+def managers(key: str) -> str:
+    """The managers rated in the programme's 360s, each linking to their report."""
+    _require_programme(key)
+    return render_template(
+        "dashboard/managers.html", key=key, managers=rated_managers(get_session(), key)
+    )
+
+
+@bp.get("/<key>/managers/<int:subject_id>")
+@require_role(*LEADS)
+def manager(key: str, subject_id: int) -> str:
+    """One manager's confidential 360 report (leads and admins; the manager by link)."""
+    _require_programme(key)
+    return render_manager_report(key, subject_id)
+
+
+def render_manager_report(key: str, subject_id: int) -> str:
+    """The confidential 360 report page of one manager of the programme (or 404)."""
+    session = get_session()
+    person = dict(rated_managers(session, key)).get(subject_id)
+    if person is None:
+        abort(404, "there is no 360 report for this manager in this programme")
+    tables = three_sixty.manager_report(
+        answers_frame(session, key), items_frame(session, key), min_raters(session, key), subject_id
+    )
+    return render_template(
+        "dashboard/manager.html",
+        key=key,
+        name=person,
+        tables=tables,
+        min_raters=min_raters(session, key),
+    )
+
+
+def rated_managers(session, key: str) -> list[tuple[int, str]]:
+    """(person id, full name) of everyone rated in the programme's 360s."""
+    ids = subjects_rated(session, key)
+    people = session.scalars(select(Person).where(Person.id.in_(ids))).all()
+    return sorted(((p.id, p.full_name) for p in people), key=lambda pair: pair[1])
+
+
+def _visible_waves(key: str) -> list[tuple[str, str, str]]:
+    _require_programme(key)
+    return programme_waves(get_session(), key)
+
+
+def _require_programme(key: str) -> None:
+    exists = get_session().scalar(select(Programme.id).where(Programme.key == key))
+    if exists is None or not can_see_programme(g.account, key):
+        abort(404, f"there is no programme {key!r}")
+
+
+def _report(key: str) -> Report:
+    _require_programme(key)
+    return build_report(get_session(), ReportRequest.from_query(key, request.args))
+
+
+def _report_or_abort(key: str) -> Report:
+    try:
+        return _report(key)
+    except DisclosureError as exc:
+        abort(403, str(exc))
+    except ReportError as exc:
+        abort(400, str(exc))
+
+
+def _file_response(write, filename: str, mimetype: str) -> Response:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / filename
+        write(path)
+        data = path.read_bytes()
+    return send_file(
+        io.BytesIO(data), mimetype=mimetype, as_attachment=True, download_name=filename
+    )
