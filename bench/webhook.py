@@ -136,10 +136,7 @@ def set_up_database(url: str, homes: int, staff: int, reset: bool) -> dict[str, 
     with engine.begin() as conn:
         conn.execute(
             insert(CareHome),
-            [
-                {"key": f"bench home {h:03d}", "name": f"Bench Home {h:03d}"}
-                for h in range(homes)
-            ],
+            [{"key": f"bench home {h:03d}", "name": f"Bench Home {h:03d}"} for h in range(homes)],
         )
         home_ids = list(conn.scalars(select(CareHome.id).order_by(CareHome.id)))
         conn.execute(
@@ -607,9 +604,9 @@ class CpuSampler:
             now = (time.monotonic(), _busy_ticks(), _proc_times())
             seconds = now[0] - last[0]
             mine = _tree(now[2], self.roots)
-            ours = sum(
-                now[2][pid][1] - last[2][pid][1] for pid in mine if pid in last[2]
-            ) / self.tick
+            ours = (
+                sum(now[2][pid][1] - last[2][pid][1] for pid in mine if pid in last[2]) / self.tick
+            )
             busy = (now[1] - last[1]) / self.tick
             self.ours.append(ours / seconds)
             self.foreign.append(max(0.0, busy - ours) / seconds)
@@ -1030,15 +1027,20 @@ def report(
         ("non-200 responses", f"{target.errors} ({_status_text(target.statuses)})"),
         ("5xx responses", f"{target.server_errors}"),
         ("inbound texts stored", f"{delta['inbound']}"),
-        ("answers stored", f"{delta['answers']} ({delta['answers_with_value']} with a value, "
-                           f"rest SKIP/left)"),  # fmt: skip
+        (
+            "answers stored",
+            f"{delta['answers']} ({delta['answers_with_value']} with a value, rest SKIP/left)",
+        ),  # fmt: skip
         ("conversations completed", f"{delta['responses_completed']}"),
         ("replies logged", f"{delta['outbound']}"),
         ("generator late dispatches", f"{open_result.late_dispatches}"),
         ("p99 per 5 s window", _timeline(open_result)),
         ("CPU used by other processes", cpu["open"].text()),
-        ("CPU per request", f"{cpu['open'].ours_mean / max(target.rate, 1e-9) * 1000:.1f} ms "
-                            "(gunicorn + PostgreSQL + generator)"),  # fmt: skip
+        (
+            "CPU per request",
+            f"{cpu['open'].ours_mean / max(target.rate, 1e-9) * 1000:.1f} ms "
+            "(gunicorn + PostgreSQL + generator)",
+        ),  # fmt: skip
     ]
     for label, value in rows:
         print(f"  {label:<28} {value}")

@@ -56,7 +56,5 @@ def definition_of(version: InstrumentVersion) -> InstrumentDefinition:
     """
     parsed = _PARSED.get(version.content_hash)
     if parsed is None:
-        parsed = _PARSED[version.content_hash] = InstrumentDefinition.from_dict(
-            version.definition
-        )
+        parsed = _PARSED[version.content_hash] = InstrumentDefinition.from_dict(version.definition)
     return parsed

@@ -136,9 +136,7 @@ def test_sms_and_web_answers_reach_the_csv_and_the_api_identically(
         timeout=10,
     )
     assert response.status_code == 200, response.text
-    (api_row,) = [
-        r for r in response.json()["tables"]["prepost"]["rows"] if _is_morale_item(r)
-    ]
+    (api_row,) = [r for r in response.json()["tables"]["prepost"]["rows"] if _is_morale_item(r)]
 
     expected = _hand_calculation(BEFORE, AFTER)
     for column, value in expected.items():
