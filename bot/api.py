@@ -118,7 +118,6 @@ def report_json(built: Report, only: str | None = None) -> dict[str, Any]:
         "tables": {name: table_json(name, built.tables[name]) for name in names},
     }
     if only in (None, "pulse"):
-        body["pulse_limits"] = _limits_json(built)
         body["pulse_reading"] = built.pulse_reading
     return body
 
@@ -146,11 +145,3 @@ def json_value(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [json_value(v) for v in value]
     return value
-
-
-def _limits_json(built: Report) -> dict[str, Any] | None:
-    limits = built.pulse_limits
-    if limits is None:
-        return None
-    data = {k: json_value(v) for k, v in vars(limits).items() if not k.startswith("_")}
-    return data

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -30,7 +33,13 @@ from bot.summary import pseudonym_key
 from reports import report_charts, three_sixty
 from reports.disclosure import DisclosureError
 from reports.export import wide_answers, write_csv, write_workbook
-from reports.frames import answers_frame, items_frame, min_raters, subjects_rated
+from reports.frames import (
+    answers_frame,
+    data_version,
+    items_frame,
+    min_raters,
+    subjects_rated,
+)
 from reports.service import (
     FILTERS,
     TABLE_TITLES,
@@ -197,9 +206,28 @@ def _require_programme(key: str) -> None:
         abort(404, f"there is no programme {key!r}")
 
 
+_CACHE: OrderedDict[tuple[Any, ...], Report] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
 def _report(key: str) -> Report:
+    """The report asked for, reused while the data it reads is unchanged: a dashboard page
+    and its charts would otherwise build the same report four times."""
     _require_programme(key)
-    return build_report(get_session(), ReportRequest.from_query(key, request.args))
+    wanted = ReportRequest.from_query(key, request.args)
+    session = get_session()
+    cache_key = (key, tuple(sorted(request.args.items())), data_version(session, key))
+    with _CACHE_LOCK:
+        if cache_key in _CACHE:
+            _CACHE.move_to_end(cache_key)
+            return _CACHE[cache_key]
+    built = build_report(session, wanted)
+    with _CACHE_LOCK:
+        _CACHE[cache_key] = built
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return built
 
 
 def _report_or_abort(key: str) -> Report:

@@ -245,3 +245,30 @@ def subjects_rated(session: Session, programme_key: str) -> list[int]:
         programme_key,
     ).distinct()
     return sorted(session.scalars(stmt))
+
+
+def data_version(session: Session, programme_key: str) -> tuple[Any, ...]:
+    """A cheap fingerprint of everything a report reads: it changes whenever an answer,
+    an invitation, a status change, a person or the programme's settings change, so a
+    cached report can be reused exactly as long as it would come out the same."""
+    programme = session.execute(
+        select(Programme.id, Programme.anonymity_threshold, Programme.settings).where(
+            Programme.key == programme_key
+        )
+    ).first()
+    if programme is None:
+        return (None,)
+    aggregates = [
+        func.count(Answer.id),
+        func.max(Answer.id),
+        func.max(Answer.answered_at),
+        func.count(Invitation.id),
+        func.max(InvitationEvent.id),
+        func.max(Person.updated_at),
+        func.count(Wave.id),
+        func.max(Wave.opens_at),
+        func.max(Wave.closes_at),
+    ]
+    row = session.execute(select(*(select(a).scalar_subquery() for a in aggregates))).one()
+    settings = repr(sorted((programme.settings or {}).items()))
+    return (programme.id, programme.anonymity_threshold, settings, *row)

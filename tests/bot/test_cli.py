@@ -108,4 +108,4 @@ def test_demo_runs_a_whole_cycle_and_prints_results(runner):
     # the three managers' self-reports are fewer than the threshold of 5: suppressed
     assert "manager_self_report: 15 item(s) suppressed" in out
     # staff ratings of their managers are matched and reported with numbers
-    assert re.search(r"^\s*appraisal_360\s+staff\s+\w+\s+\d+\s+\d", out, re.MULTILINE)
+    assert re.search(r"^\s*appraisal_360\s+staff\s+item\s+\w+\s+\d+\s+\d", out, re.MULTILINE)

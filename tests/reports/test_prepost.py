@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -189,6 +190,17 @@ def test_holm_matches_r_p_adjust():
     # p.adjust(c(.01, .02, .03, .04, .05), "holm") in R.
     assert holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
     assert holm([]) == []
+    # Unsorted, with ties and a cap at 1: p.adjust(c(.04, .001, .04, .3, .9), "holm").
+    assert holm([0.04, 0.001, 0.04, 0.3, 0.9]) == pytest.approx([0.16, 0.005, 0.16, 0.6, 0.9])
+
+
+def test_holm_agrees_with_statsmodels_on_random_families():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(6)
+    for size in (1, 2, 7, 30):
+        p = rng.uniform(0, 0.2, size)
+        assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]))
 
 
 def test_items_and_scales_are_separate_holm_families():
