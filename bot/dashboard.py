@@ -55,6 +55,8 @@ bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 READERS = ("admin", "programme_lead", "evaluator")
 LEADS = ("admin", "programme_lead")
+OPEN_TABLES = ("response_rates", "morale_by_home")
+"""Tables shown open on the page; the longer ones start folded (a click opens them)."""
 
 
 @bp.get("/")
@@ -97,6 +99,8 @@ def programme(key: str) -> str | tuple[str, int]:
         filters=FILTERS,
         titles=TABLE_TITLES,
         charts=report_charts.names(built),
+        describe=report_charts.description,
+        open_tables=OPEN_TABLES,
         is_lead=g.account.role in LEADS,
     )
 

@@ -48,8 +48,11 @@ def response_rates(report: Report) -> Figure:
 
 
 def prepost_items(report: Report) -> Figure:
-    """Mean change with 95% CI for every item and scale compared."""
+    """Mean change with 95% CI for every item and scale with matched figures to show;
+    the suppressed ones are counted in the title (they are listed in the table)."""
     table = report.tables["prepost"]
+    hidden = int((table["mean_diff"] == SUPPRESSED).sum()) if not table.empty else 0
+    table = table[table["mean_diff"] != SUPPRESSED] if not table.empty else table
     labels = [
         _label(r, ["instrument", "relation", "measure_id"]).replace(" · -", "")
         for _, r in table.iterrows()
@@ -59,7 +62,8 @@ def prepost_items(report: Report) -> Figure:
         [_number(v) for v in table.get("mean_diff", [])],
         [_number(v) for v in table.get("ci95_low", [])],
         [_number(v) for v in table.get("ci95_high", [])],
-        title=f"Change from {report.pre or '-'} to {report.post or '-'} (matched respondents)",
+        title=f"Change from {report.pre or '-'} to {report.post or '-'} (matched respondents)"
+        + (f"; {hidden} suppressed rows not drawn" if hidden else ""),
     )
 
 
@@ -109,6 +113,20 @@ CHARTS: dict[str, Callable[[Report], Figure]] = {
 """Charts every report has; `names` adds one XmR chart per cohort with pulse waves."""
 
 PULSE_PREFIX = "pulse_xmr_"
+
+DESCRIPTIONS: dict[str, str] = {
+    "response_rates": "Bar chart of the response rate (RR2) by wave and instrument",
+    "prepost": "Mean change from before to after, with 95% confidence intervals, per item",
+    "three_sixty": "Dot plot of managers' self-ratings against others' ratings, per item",
+}
+
+
+def description(name: str) -> str:
+    """A short text alternative for the chart called `name`."""
+    if name.startswith(PULSE_PREFIX):
+        cohort = name.removeprefix(PULSE_PREFIX)
+        return f"XmR chart of staff morale over the pulse waves of {cohort}, with its limits"
+    return DESCRIPTIONS.get(name, name)
 
 
 def names(report: Report) -> list[str]:

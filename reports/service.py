@@ -166,8 +166,8 @@ def build_report(session: Session, request: ReportRequest) -> Report:
     tables["three_sixty"] = three_sixty.pooled_self_vs_others(
         answers, items, min_raters(session, request.programme), threshold
     )
-    for name, by in (("morale_by_home", "home"), ("morale_by_cohort", "cohort")):
-        tables[name] = _protected_morale(answers, by, threshold)
+    for table_name, by in (("morale_by_home", "home"), ("morale_by_cohort", "cohort")):
+        tables[table_name] = _protected_morale(answers, by, threshold)
     pulse = morale.pulse_series(answers, threshold)
     tables["pulse"] = pulse
     return Report(
