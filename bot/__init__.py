@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask
 
+from bot import security
 from bot.config import load_settings
 
 
@@ -22,7 +23,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SECRET_KEY=settings.secret_key,
         CAREPULSE=settings,
         TESTING=bool((test_config or {}).get("TESTING", False)),
+        # Request size limits (bot.security refuses larger requests with a plain 413).
         MAX_CONTENT_LENGTH=1024 * 1024,
+        MAX_FORM_PARTS=security.MAX_FORM_PARTS,
+        MAX_FORM_MEMORY_SIZE=security.MAX_FORM_MEMORY_SIZE,
         # The session cookie carries a survey respondent's place (see bot.survey_links):
         # never readable by scripts, not sent on cross-site posts, HTTPS-only when served
         # over HTTPS, and forgotten after a few idle hours (each request renews it).
@@ -33,13 +37,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
 
     from bot import (
+        admin_people,
         api,
+        audit_view,
         auth,
         dashboard,
         db,
         devtools,
         errors,
         health,
+        log_privacy,
         manager_reports,
         overview,
         survey_links,
@@ -49,6 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # API tables keep their column and table order (the report's reading order).
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    log_privacy.install(app)  # before anything logs: phone numbers and tokens are masked
     db.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
@@ -61,6 +69,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(manager_reports.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(audit_view.bp)
+    app.register_blueprint(admin_people.bp)
+    # After the blueprints: it rate limits the views they marked (bot.security.rate_limited).
+    security.install(app)
     if settings.trusted_proxies:
         # Behind a TLS-terminating proxy, trust its X-Forwarded-* headers (and only its).
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -31,6 +31,7 @@ from storage.accounts import (
     revoke_token,
     set_password,
 )
+from storage.audit import console_actor, record, safe_text
 from storage.models import Account
 from storage.vocabulary import ACCOUNT_ROLES
 
@@ -113,6 +114,13 @@ def add_command(
         account = create_account(
             session, email, password, role, name=name, programme_keys=programmes
         )
+        record(
+            session,
+            "account_add",
+            actor=console_actor(),
+            target=f"account:{account.email}",
+            detail={"role": role, "programmes": sorted(p.key for p in account.programmes)},
+        )
         session.commit()
     except AccountError as exc:
         session.rollback()
@@ -135,6 +143,7 @@ def password_command(email: str, password_stdin: bool) -> None:
     session = _session()
     account = _account(session, email)
     set_password(session, account, _read_password(password_stdin))
+    record(session, "account_password", actor=console_actor(), target=f"account:{account.email}")
     session.commit()
     click.echo(f"new password set for {account.email}")
 
@@ -150,6 +159,13 @@ def remove_command(email: str) -> None:
         click.echo(f"{account.email} was already removed")
         return
     revoked = remove_account(session, account)
+    record(
+        session,
+        "account_remove",
+        actor=console_actor(),
+        target=f"account:{account.email}",
+        detail={"tokens_revoked": revoked},
+    )
     session.commit()
     click.echo(f"removed {account.email}: it can no longer sign in; {revoked} API token(s) revoked")
 
@@ -166,6 +182,14 @@ def token_command(email: str, label: str) -> None:
         token, plaintext = issue_token(session, account, label)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
+    # The prefix names the token publicly (`user list` shows it); the secret is never kept.
+    record(
+        session,
+        "token_issue",
+        actor=console_actor(),
+        target=f"account:{account.email}",
+        detail={"token_prefix": token.prefix, "label": safe_text(label)},
+    )
     session.commit()
     click.echo(f"API token cp_{token.prefix} for {account.email} ({account.role}):")
     click.echo(plaintext)
@@ -190,6 +214,13 @@ def revoke_command(prefix: str) -> None:
             f"token cp_{token.prefix} was already revoked ({token.revoked_at:%Y-%m-%d %H:%M} UTC)"
         )
         return
+    record(
+        session,
+        "token_revoke",
+        actor=console_actor(),
+        target=f"account:{token.account.email}",
+        detail={"token_prefix": token.prefix},
+    )
     session.commit()
     click.echo(f"revoked token cp_{token.prefix} of {token.account.email}")
 

@@ -20,6 +20,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from sqlalchemy import select
 
 from bot.access import can_see_programme, programme_keys_for, require_api_role
+from bot.audit_view import record_request, report_detail
 from bot.db import get_session
 from reports.disclosure import SUPPRESSED, DisclosureError
 from reports.service import (
@@ -73,7 +74,9 @@ def programmes() -> Response:
 @require_api_role(*READERS)
 def report(key: str) -> Response:
     """Every table of the programme's report, as `report_json` describes."""
-    return jsonify(report_json(_report(key)))
+    built = _report(key)
+    _record_pull(built, "all")
+    return jsonify(report_json(built))
 
 
 @bp.get("/programmes/<key>/tables/<table>")
@@ -84,6 +87,7 @@ def table(key: str, table: str) -> Response:
         abort(404, f"there is no table {table!r}; tables: {', '.join(TABLE_TITLES)}")
     built = _report(key)
     body = report_json(built, only=table)
+    _record_pull(built, table)
     return jsonify(body)
 
 
@@ -99,6 +103,11 @@ def _report(key: str) -> Report:
     except ReportError as exc:
         status = 404 if str(exc).startswith("there is no programme") else 400
         abort(status, str(exc))
+
+
+def _record_pull(built: Report, table: str) -> None:
+    detail = report_detail(built.pre, built.post, built.filters, table=table)
+    record_request("api_pull", target=f"programme:{built.programme}", detail=detail)
 
 
 def report_json(built: Report, only: str | None = None) -> dict[str, Any]:

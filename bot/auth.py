@@ -23,6 +23,7 @@ from flask.signals import Namespace
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response as WebResponse
 
+from bot import security
 from bot.access import current_account, sign_in, sign_out
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
@@ -87,12 +88,13 @@ def safe_next(value: str | None) -> str:
 
 
 def login_permitted(email: str, remote_addr: str | None) -> bool:
-    """Whether this sign-in attempt may be checked at all. Always, for now.
+    """Whether this sign-in attempt may be checked at all: not while the account, or the
+    address, has had too many failed attempts lately (`bot.security.LoginThrottle`, which
+    counts them from `sign_in_failed` and forgets the account's on `signed_in`).
 
-    Login rate limiting (a later issue) goes here: it is asked before any password work,
-    and a refusal shows the sign-in page again with status 429.
+    Asked before any password work; a refusal shows the sign-in page again with status 429.
     """
-    return True
+    return security.login_permitted(email, remote_addr)
 
 
 def _page(

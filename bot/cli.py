@@ -17,12 +17,15 @@ from flask.cli import FlaskGroup, with_appcontext
 
 from bot import create_app
 from bot.account_commands import user_group
+from bot.audit_view import audit_command, record_after_reading, report_detail
 from bot.clock import due_work
 from bot.config import ConfigError
 from bot.db import get_engine, get_session
 from bot.outbound import Outbound
+from bot.privacy_commands import erase_command, purge_command, subject_access_command
 from bot.transports import TransportUnavailable, make_transports
 from storage import db as storage_db
+from storage.audit import console_actor, file_digest, record
 from storage.models import utcnow
 from storage.roster import RosterError, import_roster
 from surveys.programme import ProgrammeError, load_programme
@@ -58,12 +61,30 @@ def import_roster_command(file: Path, skip_invalid: bool) -> None:
     except RosterError as exc:
         raise click.ClickException(str(exc)) from None
     if report.imported:
+        record(
+            session,
+            "roster_import",
+            actor=console_actor(),
+            detail=_roster_detail(report, file),
+        )
         session.commit()
     else:
         session.rollback()
     click.echo(report.summary())
     if not report.imported:
         sys.exit(1)
+
+
+def _roster_detail(report, file: Path) -> dict[str, object]:
+    # Counts and a fingerprint of the file, never its name or rows: either may name people.
+    counts = ("rows_read", "created", "updated", "unchanged", "left", "reactivated", "skipped")
+    return {
+        "file_sha256": file_digest(file),
+        "format": report.file_format,
+        **{name: getattr(report, name) for name in counts},
+        "homes_created": report.homes_created,
+        "homes_updated": report.homes_updated,
+    }
 
 
 @click.command("load-programme")
@@ -78,6 +99,17 @@ def load_programme_command(file: Path) -> None:
     except ProgrammeError as exc:
         session.rollback()
         raise click.ClickException(str(exc)) from None
+    record(
+        session,
+        "programme_load",
+        actor=console_actor(),
+        target=f"programme:{report.programme_key}",
+        detail={
+            "file_sha256": file_digest(file),
+            "created": len(report.created),
+            "updated": len(report.updated),
+        },
+    )
     session.commit()
     click.echo(report.summary())
 
@@ -268,6 +300,14 @@ def report_command(
     click.echo(report_text(report))
     if out:
         written = write_report_files(report, out)
+        detail = report_detail(report.pre, report.post, report.filters, format="files")
+        record_after_reading(
+            session,
+            "report_export",
+            actor=console_actor(),
+            target=f"programme:{key}",
+            detail={**detail, "files": len(written)},
+        )
         click.echo(f"\nwrote {len(written)} files to {out}: {', '.join(written)}")
     if wide:
         secret = current_app.config["SECRET_KEY"]
@@ -276,6 +316,13 @@ def report_command(
         )
         wide.parent.mkdir(parents=True, exist_ok=True)
         write_csv(frame, wide)
+        record_after_reading(
+            session,
+            "wide_export",
+            actor=console_actor(),
+            target=f"programme:{key}",
+            detail={"rows": len(frame)},
+        )
         click.echo(f"wrote the pseudonymised analysis file ({len(frame)} rows) to {wide}")
 
 
@@ -305,6 +352,14 @@ def manager_links_command(programme_key: str | None) -> None:
         for person in session.scalars(select(Person).where(Person.id.in_(ids))):
             contact = person.email or "no email on the roster"
             click.echo(f"{person.full_name} <{contact}>\n  {report_link(key, person.id)}")
+    # Who was handed links that open confidential reports, and how many (never the links).
+    record_after_reading(
+        session,
+        "manager_links",
+        actor=console_actor(),
+        target=f"programme:{key}",
+        detail={"links": len(ids)},
+    )
     click.echo(f"(links stop working after {LINK_DAYS} days)")
 
 
@@ -503,6 +558,10 @@ for command in (
     demo_command,
     serve_command,
     user_group,
+    audit_command,
+    erase_command,
+    subject_access_command,
+    purge_command,
 ):
     cli.add_command(command)
 

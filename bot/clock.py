@@ -224,6 +224,8 @@ def make_scheduler(
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
+    from bot.privacy_commands import run_retention_purge
+
     scheduler = (scheduler_class or BlockingScheduler)(
         timezone="UTC",
         job_defaults={
@@ -249,4 +251,14 @@ def make_scheduler(
             name=f"weekly email ({zone})",
             misfire_grace_time=WEEKLY_MISFIRE_SECONDS,
         )
+    # Retention: contact details and message text go once every programme a person was in
+    # has been over for its retention_days (storage.privacy.purge_expired).
+    scheduler.add_job(
+        run_retention_purge,
+        CronTrigger(hour=3, minute=30, timezone="UTC"),
+        args=[factory, settings.secret_key],
+        id="retention-purge",
+        name="retention purge",
+        misfire_grace_time=WEEKLY_MISFIRE_SECONDS,
+    )
     return scheduler

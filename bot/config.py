@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+from limits import parse_many
+from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -55,6 +57,26 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class RateLimits:
+    """Request rate limits (see `bot.security`), each a flask-limiter string such as
+    `30/minute;300/hour`, or None where the setting says `off`."""
+
+    storage_uri: str = "memory://"
+    """Where counts are kept: `memory://` counts in each process (each gunicorn worker
+    separately); a shared store such as `redis://host:6379/0` counts for all of them."""
+    links: str | None = "30/minute;300/hour"
+    """Survey, unsubscribe and manager-report links (`/s/`, `/u/`, `/my-360/`), per address."""
+    survey: str | None = "120/minute;1200/hour"
+    """The survey's pages (`/survey...`), per respondent (the session's invitation)."""
+    api: str | None = "120/minute"
+    """The JSON API (`/api/v1/...`), per API token (per address without one)."""
+    login_account: str | None = "5/15 minutes"
+    """Failed sign-ins per account (email address as typed, known or not)."""
+    login_address: str | None = "20/hour"
+    """Failed sign-ins per client address, whichever accounts they tried."""
+
+
+@dataclass(frozen=True)
 class Settings:
     """The parsed configuration. `twilio`/`smtp` are None on the embedded defaults."""
 
@@ -69,6 +91,7 @@ class Settings:
     trusted_proxies: int = 0
     send_rate: float = 10.0
     """Messages per second per sender for the outbox dispatcher; 0 switches pacing off."""
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -200,6 +223,46 @@ def _send_rate(env: Mapping[str, Any]) -> float:
     return rate
 
 
+RATE_LIMIT_SETTINGS = {
+    "links": "RATELIMIT_LINKS",
+    "survey": "RATELIMIT_SURVEY",
+    "api": "RATELIMIT_API",
+    "login_account": "RATELIMIT_LOGIN_ACCOUNT",
+    "login_address": "RATELIMIT_LOGIN_ADDRESS",
+}
+"""`RateLimits` field -> the environment variable that sets it."""
+
+
+def _rate_limits(env: Mapping[str, Any]) -> RateLimits:
+    """RATELIMIT_*: limits such as `30/minute;300/hour` (or `off`), and where to count."""
+    defaults = RateLimits()
+    values: dict[str, str | None] = {}
+    for attribute, name in RATE_LIMIT_SETTINGS.items():
+        text = _get(env, name)
+        if text is None:
+            continue
+        if text.lower() == "off":
+            values[attribute] = None
+            continue
+        try:
+            parse_many(text)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={text!r} is not a rate limit such as 30/minute;300/hour (or off)"
+            ) from None
+        values[attribute] = text
+    uri = _get(env, "RATELIMIT_STORAGE_URI") or defaults.storage_uri
+    scheme = uri.partition("://")[0] if "://" in uri else "(no scheme)"
+    # The app is synchronous: an async+ storage would never be awaited.
+    if scheme not in RATE_LIMIT_STORAGE_SCHEMES or scheme.startswith("async+"):
+        # The scheme only: the rest of the URI may hold a password.
+        raise ConfigError(
+            f"RATELIMIT_STORAGE_URI: {scheme!r} is not a rate-limit store; use memory:// or "
+            "one such as redis://host:6379/0"
+        )
+    return RateLimits(storage_uri=uri, **values)
+
+
 def _secret_key(env: Mapping[str, Any], instance_path: Path, production: bool) -> str:
     key = _get(env, "SECRET_KEY")
     if key:
@@ -256,4 +319,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         smtp=smtp,
         trusted_proxies=int(proxies),
         send_rate=_send_rate(env),
+        rate_limits=_rate_limits(env),
     )

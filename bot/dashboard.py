@@ -28,6 +28,7 @@ from flask import (
 from sqlalchemy import select
 
 from bot.access import can_see_programme, programme_keys_for, require_role
+from bot.audit_view import record_request, report_detail
 from bot.db import get_session
 from bot.summary import pseudonym_key
 from reports import report_charts, three_sixty
@@ -89,6 +90,7 @@ def programme(key: str) -> str | tuple[str, int]:
             titles=TABLE_TITLES,
             charts=[],
         ), 403 if isinstance(exc, DisclosureError) else 400
+    _record_report("report_view", built)
     return render_template(
         "dashboard/programme.html",
         key=key,
@@ -125,6 +127,7 @@ def table_csv(key: str, table: str) -> Response:
     built = _report_or_abort(key)
     if table not in built.tables:
         abort(404, f"there is no table {table!r}")
+    _record_report("report_export", built, format="csv", table=table)
     return _file_response(
         lambda path: write_csv(built.tables[table], path), f"{key}-{table}.csv", "text/csv"
     )
@@ -135,6 +138,7 @@ def table_csv(key: str, table: str) -> Response:
 def workbook(key: str) -> Response:
     """Every table in one workbook, a sheet each, with an About sheet of methods."""
     built = _report_or_abort(key)
+    _record_report("report_export", built, format="xlsx", table="all")
     return _file_response(
         lambda path: write_workbook(built.tables, path, notes=built.notes),
         f"{key}-report.xlsx",
@@ -153,6 +157,7 @@ def wide(key: str) -> Response:
         items_frame(session, key),
         pseudonym_key(current_app.config["SECRET_KEY"]),
     )
+    record_request("wide_export", target=f"programme:{key}", detail={"rows": len(frame)})
     return _file_response(lambda path: write_csv(frame, path), f"{key}-wide.csv", "text/csv")
 
 
@@ -183,6 +188,11 @@ def render_manager_report(key: str, subject_id: int) -> str:
     tables = three_sixty.manager_report(
         answers_frame(session, key), items_frame(session, key), min_raters(session, key), subject_id
     )
+    # Leads and admins open it from the dashboard; the manager, with no account, by link.
+    via = "dashboard" if g.get("account") else "personal_link"
+    record_request(
+        "manager_report_view", target=f"person:{subject_id}", detail={"programme": key, "via": via}
+    )
     return render_template(
         "dashboard/manager.html",
         key=key,
@@ -197,6 +207,11 @@ def rated_managers(session, key: str) -> list[tuple[int, str]]:
     ids = subjects_rated(session, key)
     people = session.scalars(select(Person).where(Person.id.in_(ids))).all()
     return sorted(((p.id, p.full_name) for p in people), key=lambda pair: pair[1])
+
+
+def _record_report(action: str, built: Report, **facts: str) -> None:
+    detail = report_detail(built.pre, built.post, built.filters, **facts)
+    record_request(action, target=f"programme:{built.programme}", detail=detail)
 
 
 def _visible_waves(key: str) -> list[tuple[str, str, str]]:

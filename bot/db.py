@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import db as storage_db
+from storage.privacy import use_suppression_key
 
 
 def init_app(app: Flask) -> None:
@@ -15,7 +16,10 @@ def init_app(app: Flask) -> None:
     settings = app.config["CAREPULSE"]
     engine = storage_db.make_engine(settings.database_url)
     app.extensions["carepulse.engine"] = engine
-    app.extensions["carepulse.sessionmaker"] = storage_db.make_sessionmaker(engine)
+    factory = storage_db.make_sessionmaker(engine)
+    # Erased people's opt-outs are kept only as keyed digests: every session can match them.
+    use_suppression_key(factory, settings.secret_key)
+    app.extensions["carepulse.sessionmaker"] = factory
     app.teardown_appcontext(close_session)
     app.cli.add_command(db_group)
 

@@ -36,6 +36,7 @@ from werkzeug.wrappers import Response as WebResponse
 
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
+from bot.security import client_address, rate_limited
 from storage.models import Answer, Invitation, Programme, Response, utcnow
 from surveys.answers import complete_response, record_answer
 from surveys.catalogue import definition_of
@@ -69,6 +70,16 @@ class _Stop(Exception):
     def __init__(self, response: Any) -> None:
         super().__init__()
         self.response = response
+
+
+def _respondent() -> str:
+    """Whose survey-page requests share a rate limit: the session's invitation, so that care
+    workers behind one address (a home's wifi, a mobile network's NAT) each have their own;
+    the client's address for requests without one."""
+    invitation_id = cookie.get(INVITATION_KEY)
+    if isinstance(invitation_id, int):
+        return f"invitation:{invitation_id}"
+    return f"address:{client_address()}"
 
 
 @bp.errorhandler(_Stop)
@@ -245,6 +256,7 @@ def _about(survey: _Survey) -> str | None:
 
 
 @bp.get("/s/<token>")
+@rate_limited("links")
 def exchange(token: str):
     """Swap a survey link's token for a session, then continue at a URL without it."""
     if not TOKEN_PATTERN.fullmatch(token):
@@ -266,6 +278,7 @@ def exchange(token: str):
 
 
 @bp.get("/survey")
+@rate_limited("survey", key=_respondent)
 def start():
     """The start page: what the survey is, about whom, how long, who sees the answers."""
     db = get_session()
@@ -294,6 +307,7 @@ def start():
 
 
 @bp.route("/survey/q/<int:number>", methods=["GET", "POST"])
+@rate_limited("survey", key=_respondent)
 def question(number: int):
     """One question: show it, or save its answer and go on."""
     db = get_session()
@@ -361,6 +375,7 @@ def _save(db: Session, invitation: Invitation, item_id: str, value: int | None) 
 
 
 @bp.route("/survey/check", methods=["GET", "POST"])
+@rate_limited("survey", key=_respondent)
 def check():
     """Check your answers; sending them completes the response (once, however often sent)."""
     db = get_session()
@@ -400,6 +415,7 @@ def check():
 
 
 @bp.get("/survey/done")
+@rate_limited("survey", key=_respondent)
 def done():
     """The confirmation, shown again however often the answers were sent."""
     db = get_session()

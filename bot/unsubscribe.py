@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
+from bot.security import rate_limited
 from storage.models import Invitation
 from surveys.opt_outs import is_opted_out, opt_out
 
@@ -70,6 +71,7 @@ def _one_click() -> bool:
 
 
 @bp.route("/u/<token>", methods=["GET", "POST"])
+@rate_limited("links")
 def unsubscribe(token: str):
     """Ask whether to stop emails (GET), or stop them (POST from the form or a mail client)."""
     invitation = _invitation(token)

@@ -550,3 +550,32 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
 
     account: Mapped[Account] = relationship(back_populates="tokens")
+
+
+class AuditEvent(Base):
+    """One thing someone did that an administrator may have to account for later.
+
+    Append-only: `storage.audit.record` is the only code that writes here, and it only
+    inserts; the database itself refuses UPDATE and DELETE (triggers made by migration
+    0006), so neither a bug nor someone with the application's credentials can quietly
+    rewrite history. `detail` is a small JSON object that never holds a care worker's
+    personal data, a token or a password (`storage.audit` checks).
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # An account email, "cli:<os user>" or "system"; NULL when nobody was signed in
+    # (a refused sign-in).
+    actor: Mapped[str | None] = mapped_column(String(254))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    remote_addr: Mapped[str | None] = mapped_column(String(45))
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_actor_at", "actor", "at"),
+    )

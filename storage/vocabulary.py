@@ -46,3 +46,28 @@ ACCOUNT_ROLES: tuple[str, ...] = (
     "evaluator",  # aggregated, disclosure-controlled outputs of their programmes only
 )
 """Roles of the people who sign in to carepulse (not roster roles: see ROLES)."""
+AUDIT_ACTIONS: tuple[str, ...] = (
+    "sign_in",  # an account signed in to the web pages
+    "sign_in_failed",  # a refused sign-in (the address typed is never stored as typed)
+    "sign_out",
+    "roster_import",  # `carepulse import-roster`
+    "programme_load",  # `carepulse load-programme`
+    "report_view",  # the dashboard's report page
+    "report_export",  # a table as CSV, the workbook, `carepulse report --out`
+    "api_pull",  # a JSON API call that returned report figures
+    "wide_export",  # the pseudonymised analysis file (dashboard or `report --wide`)
+    "manager_report_view",  # one manager's confidential 360 report
+    "manager_links",  # `carepulse manager-links` printed the personal report links
+    "account_add",
+    "account_remove",
+    "account_password",  # a new password set for an account
+    "token_issue",
+    "token_revoke",
+    "person_erase",
+    "subject_access_export",
+    "retention_purge",
+    "audit_export",  # the audit log itself was exported (CSV): who watches the watchers
+)
+"""What the audit log records. Checked by `storage.audit.record`, not by the database:
+a CHECK constraint would need a table rebuild on SQLite for every new word, and that
+rebuild would drop the append-only triggers."""

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage.models import Invitation, OptOut, Person, utcnow
+from storage.privacy import opt_out_addresses
 from surveys.invitations import set_status
 
 _OPEN = ("pending", "sent", "delivered", "started")
@@ -17,9 +18,13 @@ def is_opted_out(session: Session, channel: str, address: str) -> bool:
     """Whether `address` has opted out of `channel` and not opted back in."""
     return (
         session.scalar(
-            select(OptOut.id).where(
-                OptOut.channel == channel, OptOut.address == address, OptOut.revoked_at.is_(None)
+            select(OptOut.id)
+            .where(
+                OptOut.channel == channel,
+                OptOut.address.in_(opt_out_addresses(session, channel, address)),
+                OptOut.revoked_at.is_(None),
             )
+            .limit(1)
         )
         is not None
     )
@@ -68,13 +73,14 @@ def opt_out(
 
 def opt_in(session: Session, channel: str, address: str, now: dt.datetime | None = None) -> bool:
     """Lift an opt-out (START); True when there was one to lift."""
-    row = session.scalar(
+    rows = session.scalars(
         select(OptOut).where(
-            OptOut.channel == channel, OptOut.address == address, OptOut.revoked_at.is_(None)
+            OptOut.channel == channel,
+            OptOut.address.in_(opt_out_addresses(session, channel, address)),
+            OptOut.revoked_at.is_(None),
         )
-    )
-    if row is None:
-        return False
-    row.revoked_at = now or utcnow()
+    ).all()
+    for row in rows:
+        row.revoked_at = now or utcnow()
     session.flush()
-    return True
+    return bool(rows)

@@ -12,7 +12,8 @@ File format (see `examples/programme.yaml`)::
                 signposts?: [{id, instrument, item, values: [1], message}],
                 min_raters?: {staff: 5, peer: 3, line_manager: 1},
                 send_window?: {start: "09:00", end: "20:00"},
-                leads?: [email, ...]}
+                leads?: [email, ...],
+                erasure?: keep_anonymous | delete, retention_days?: 365}
     cohorts:
       - key, name, starts_on?
         homes: [name | {name, cqc_location_id?, local_authority?}]
@@ -59,6 +60,7 @@ from storage.models import (
     Wave,
     WaveInstrument,
 )
+from storage.privacy import DEFAULT_ERASURE_MODE, DEFAULT_RETENTION_DAYS, ERASURE_MODES
 from storage.roster import normalise_home_key
 from surveys.catalogue import ensure_version
 from surveys.conversation import Signpost
@@ -198,6 +200,8 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
             "min_raters",
             "send_window",
             "leads",
+            "erasure",
+            "retention_days",
         },
         "programme",
     )
@@ -230,14 +234,48 @@ def parse_programme(path: str | Path) -> dict[str, Any]:
         "min_raters": _min_raters(prog.get("min_raters"), check),
         "send_window": _send_window(prog.get("send_window"), check),
         "leads": _leads(prog.get("leads"), check),
+        **_privacy(prog, check),
     }
     cohorts = check.need(raw, "cohorts", "(top level)", list) or []
     for c_index, cohort in enumerate(cohorts):
         plan["cohorts"].append(_parse_cohort(cohort, f"cohorts[{c_index}]", tz, library, check))
     _check_unique([c["key"] for c in plan["cohorts"]], "cohorts[].key", check)
+    _check_stored_text(plan, check)
     if check.problems:
         raise ProgrammeError(str(path), check.problems)
     return plan
+
+
+# The longest text each stored name may be (the columns of storage.models).
+_TEXT_LIMITS = {"name": 200, "cqc_location_id": 32, "local_authority": 100}
+
+
+def _check_stored_text(plan: dict[str, Any], check: _Checker) -> None:
+    """Names the database cannot hold are problems in the file, not database errors.
+
+    Found by tests/attack/test_injection.py: a name with a NUL byte (PostgreSQL text cannot
+    hold one) or longer than its column failed the load with a DataError and a traceback
+    on PostgreSQL, and was stored as given on SQLite.
+    """
+    texts = [("programme.name", plan["name"], "name")]
+    for c, cohort in enumerate(plan["cohorts"]):
+        where = f"cohorts[{c}]"
+        texts.append((f"{where}.name", cohort["name"], "name"))
+        for h, home in enumerate(cohort["homes"]):
+            for field_name in _TEXT_LIMITS:
+                value = home.get(field_name)
+                texts.append((f"{where}.homes[{h}].{field_name}", value, field_name))
+        for wave in cohort["waves"]:
+            texts.append((f"{where}.waves[{wave['key']}].name", wave["name"], "name"))
+    for where, value, field_name in texts:
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            check.problems.append(f"{where}: contains a NUL character, which cannot be stored")
+        elif len(value) > _TEXT_LIMITS[field_name]:
+            check.problems.append(
+                f"{where}: too long ({len(value)} characters; at most {_TEXT_LIMITS[field_name]})"
+            )
 
 
 DEFAULT_MIN_RATERS = {"staff": 5, "peer": 3, "line_manager": 1}
@@ -262,6 +300,21 @@ def _min_raters(raw: Any, check: _Checker) -> dict[str, int]:
         else:
             minimums[relation] = value
     return minimums
+
+
+def _privacy(prog: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    """What erasing a person does to their answers, and how long contact details and
+    message text are kept after the programme's last wave closes (see storage.privacy)."""
+    erasure = prog.get("erasure", DEFAULT_ERASURE_MODE)
+    if erasure not in ERASURE_MODES:
+        check.problems.append(
+            f"programme.erasure: {erasure!r} is not one of {list(ERASURE_MODES)}"
+            " (keep_anonymous keeps answers without anything that identifies the person)"
+        )
+    days = prog.get("retention_days", DEFAULT_RETENTION_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        check.problems.append("programme.retention_days: expected a whole number of days >= 1")
+    return {"erasure": erasure, "retention_days": days}
 
 
 def _send_window(raw: Any, check: _Checker) -> dict[str, str] | None:

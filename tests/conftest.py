@@ -47,11 +47,22 @@ def _empty_all_tables(engine: Engine) -> None:
     tables = list(reversed(Base.metadata.sorted_tables))
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            # TRUNCATE fires no row triggers, so the audit log's append-only one allows it.
             names = ", ".join(t.name for t in tables)
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
         else:
+            # SQLite has no TRUNCATE and its DELETE fires the audit log's append-only
+            # triggers: take them out for the emptying and put back exactly what the
+            # migrations made (SQLite keeps their SQL), all in this one transaction.
+            triggers = conn.execute(
+                text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+            ).all()
+            for name, _sql in triggers:
+                conn.execute(text(f'DROP TRIGGER "{name}"'))
             for table in tables:
                 conn.execute(table.delete())
+            for _name, sql in triggers:
+                conn.execute(text(sql))
 
 
 @pytest.fixture

@@ -307,7 +307,7 @@ def test_the_scheduler_runs_the_tick_every_minute_and_the_weekly_email_on_monday
     scheduler.start(paused=True)
     try:
         jobs = {job.id: job for job in scheduler.get_jobs()}
-        assert set(jobs) == {"tick", "weekly-mail Europe/London"}
+        assert set(jobs) == {"tick", "weekly-mail Europe/London", "retention-purge"}
         for job in jobs.values():
             assert job.coalesce is True and job.max_instances == 1
         assert jobs["tick"].trigger.interval == dt.timedelta(minutes=1)

@@ -114,6 +114,7 @@ def test_sms_and_web_answers_reach_the_csv_and_the_api_identically(
         cli, args=["report", "--programme", programme.key, "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
+    session.rollback()  # end the read transaction: the command has written (its audit event)
     with open(out / "prepost.csv", encoding="utf-8-sig", newline="") as file:
         csv_rows = [r for r in csv.DictReader(file) if _is_morale_item(r)]
     (csv_row,) = csv_rows
