@@ -16,9 +16,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import (
+    Flask,
     abort,
     after_this_request,
     g,
@@ -128,6 +130,7 @@ def require_role(*roles: str) -> Callable[[View], View]:
             after_this_request(_private)
             return view(*args, **kwargs)
 
+        setattr(guarded, ACCESS_ATTRIBUTE, Access("signed-in account", _with_admin(roles)))
         return guarded  # type: ignore[return-value]
 
     return decorate
@@ -184,9 +187,77 @@ def require_api_role(*roles: str) -> Callable[[View], View]:
             g.account, g.api_token = token.account, token
             return view(*args, **kwargs)
 
+        setattr(guarded, ACCESS_ATTRIBUTE, Access("API token", _with_admin(roles)))
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+# --- the route matrix ----------------------------------------------------------------------
+
+ACCESS_ATTRIBUTE = "carepulse_access"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use a route: `by` says how they are recognised, `roles` which account roles
+    (empty: no account involved)."""
+
+    by: str
+    roles: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """For the README's table, e.g. `signed-in account: admin, programme_lead`."""
+        return f"{self.by}: {', '.join(self.roles)}" if self.roles else self.by
+
+
+def open_to(who: str) -> Callable[[View], View]:
+    """Declare a route that needs no account, and who it is for, e.g. "anyone",
+    "holder of a survey link", "Twilio (signed)". Every route declares its access: a test
+    fails on one that does not (tests/bot/test_access_matrix.py)."""
+
+    def decorate(view: View) -> View:
+        setattr(view, ACCESS_ATTRIBUTE, Access(who))
+        return view
+
+    return decorate
+
+
+def _with_admin(roles: tuple[str, ...]) -> tuple[str, ...]:
+    # Admins pass every role check (has_role), so the matrix lists them too.
+    return roles if "admin" in roles else ("admin", *roles)
+
+
+@dataclass(frozen=True)
+class RouteAccess:
+    """One row of the route matrix."""
+
+    rule: str
+    methods: tuple[str, ...]
+    endpoint: str
+    access: Access | None
+
+
+def route_matrix(app: Flask) -> list[RouteAccess]:
+    """Every route of `app` with its declared access (None where a route declares none)."""
+    rows = []
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
+        view = app.view_functions[rule.endpoint]
+        access = getattr(view, ACCESS_ATTRIBUTE, None)
+        if rule.endpoint == "static":
+            access = Access("anyone")  # Flask's own: the stylesheet
+        methods = tuple(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}))
+        rows.append(RouteAccess(rule.rule, methods, rule.endpoint, access))
+    return rows
+
+
+def route_table(app: Flask) -> str:
+    """The route matrix as the Markdown table in the README (`carepulse routes`)."""
+    lines = ["| route | methods | who may use it |", "| --- | --- | --- |"]
+    for row in route_matrix(app):
+        who = row.access.describe() if row.access else "UNDECLARED"
+        lines.append(f"| `{row.rule}` | {', '.join(row.methods)} | {who} |")
+    return "\n".join(lines)
 
 
 def programme_keys_for(account: Account) -> set[str] | None:

@@ -19,7 +19,7 @@ import pandas as pd
 from flask import Blueprint, Response, abort, jsonify, request
 from sqlalchemy import select
 
-from bot.access import can_see_programme, programme_keys_for, require_api_role
+from bot.access import can_see_programme, open_to, programme_keys_for, require_api_role
 from bot.audit_view import record_request, report_detail
 from bot.db import get_session
 from reports.disclosure import SUPPRESSED, DisclosureError
@@ -39,6 +39,7 @@ READERS = ("admin", "programme_lead", "evaluator")
 
 
 @bp.get("/openapi.yaml")
+@open_to("anyone (the API's description, no data)")
 def openapi() -> Response:
     """The API's OpenAPI 3.1 description (public: it holds no data)."""
     text = resources.files("bot").joinpath("openapi.yaml").read_text(encoding="utf-8")

@@ -18,13 +18,22 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.signals import Namespace
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.wrappers import Response as WebResponse
 
 from bot import security
-from bot.access import current_account, sign_in, sign_out
+from bot.access import current_account, open_to, sign_in, sign_out
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
 from storage.accounts import MAX_PASSWORD_LENGTH, verify_login
@@ -106,6 +115,7 @@ def _page(
         email=email,
         errors=errors or {},
         csrf=csrf_token(CSRF_KEY),
+        settings=current_app.config["CAREPULSE"],
     )
     return html, status
 
@@ -120,6 +130,7 @@ def _field_errors(email: str, password: str) -> dict[str, str]:
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@open_to("anyone")
 def login() -> Any:
     """Show the sign-in form (GET), or sign in and go back where the person was (POST)."""
     next_url = safe_next(request.values.get("next"))
@@ -145,10 +156,13 @@ def login() -> Any:
     db.commit()
     sign_in(account)
     signed_in.send(bp, account=account)
+    if next_url == "/" and account.role == "evaluator":
+        next_url = url_for("dashboard.index")  # the start page is for leads and admins
     return redirect(next_url, code=303)
 
 
 @bp.post("/logout")
+@open_to("a signed-in browser (CSRF-checked)")
 def logout() -> Any:
     """Sign out of this browser and show the sign-in page."""
     if not csrf_valid(CSRF_KEY):

@@ -326,6 +326,15 @@ def report_command(
         click.echo(f"wrote the pseudonymised analysis file ({len(frame)} rows) to {wide}")
 
 
+@click.command("routes")
+@with_appcontext
+def routes_command() -> None:
+    """Print every route and who may use it, as the README's Markdown table."""
+    from bot.access import route_table
+
+    click.echo(route_table(current_app._get_current_object()))  # type: ignore[attr-defined]
+
+
 @click.command("manager-links")
 @click.option("--programme", "programme_key", help="Programme key (default: the only one).")
 @with_appcontext
@@ -555,6 +564,7 @@ for command in (
     outbox_group,
     report_command,
     manager_links_command,
+    routes_command,
     demo_command,
     serve_command,
     user_group,

@@ -9,6 +9,7 @@ import re
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from bot.access import open_to
 from bot.db import get_session
 from storage.models import Message, Person, utcnow
 from surveys.sms_inbox import InboundSms, handle_inbound, record_replies
@@ -29,6 +30,7 @@ def _only_on_embedded_defaults():
 
 
 @bp.get("/phone")
+@open_to("anyone, only on the embedded development phone (no Twilio settings)")
 def phone():
     """Every SMS conversation, one thread per mobile number."""
     session = get_session()
@@ -46,6 +48,7 @@ def phone():
 
 
 @bp.post("/phone/<number>/reply")
+@open_to("anyone, only on the embedded development phone (no Twilio settings)")
 def reply(number: str):
     """A reply typed on the development phone, handled as an inbound SMS from `number`."""
     if not _E164.match(number):
@@ -65,6 +68,7 @@ def reply(number: str):
 
 
 @bp.get("/mailbox")
+@open_to("anyone, only on the embedded development mailbox (no SMTP settings)")
 def mailbox():
     """Every email sent, newest first."""
     session = get_session()

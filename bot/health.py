@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot.access import open_to
 from bot.db import get_engine
 from storage import db as storage_db
 
@@ -12,6 +13,7 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@open_to("anyone (status only)")
 def healthz():
     """Report database reachability and migration state for load balancers and monitors."""
     try:

@@ -13,6 +13,7 @@ import datetime as dt
 from flask import Blueprint, abort, current_app
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from bot.access import open_to
 from bot.security import rate_limited
 
 bp = Blueprint("manager_reports", __name__)
@@ -38,6 +39,7 @@ def report_link(programme_key: str, subject_id: int) -> str:
 
 @bp.get("/my-360/<token>")
 @rate_limited("links")
+@open_to("holder of a manager's personal 360 report link")
 def own_report(token: str) -> str:
     """The manager's report, if the link is genuine and not older than `LINK_DAYS`."""
     from bot.dashboard import render_manager_report

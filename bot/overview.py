@@ -7,9 +7,10 @@ import datetime as dt
 from collections import Counter
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, g, render_template
 from sqlalchemy import func, select
 
+from bot.access import programme_keys_for, require_role
 from bot.db import get_session
 from storage.models import Invitation, Person, Programme, utcnow
 
@@ -23,10 +24,18 @@ def local_time(when: dt.datetime, tz_name: str) -> str:
 
 
 @bp.get("/")
+@require_role("admin", "programme_lead")
 def index():
-    """List programmes with their cohorts, homes (active people) and wave progress."""
+    """List programmes with their cohorts, homes (active people) and wave progress.
+
+    For programme leads (their programmes) and admins: the counts are not disclosure
+    controlled, so evaluators go to the dashboard instead."""
     session = get_session()
-    programmes = session.scalars(select(Programme).order_by(Programme.name)).all()
+    keys = programme_keys_for(g.account)
+    stmt = select(Programme).order_by(Programme.name)
+    if keys is not None:
+        stmt = stmt.where(Programme.key.in_(keys))
+    programmes = session.scalars(stmt).all()
     active = dict(
         session.execute(
             select(Person.care_home_id, func.count())

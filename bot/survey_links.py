@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as WebResponse
 
+from bot.access import open_to
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
 from bot.security import client_address, rate_limited
@@ -257,6 +258,7 @@ def _about(survey: _Survey) -> str | None:
 
 @bp.get("/s/<token>")
 @rate_limited("links")
+@open_to("holder of a survey link")
 def exchange(token: str):
     """Swap a survey link's token for a session, then continue at a URL without it."""
     if not TOKEN_PATTERN.fullmatch(token):
@@ -279,6 +281,7 @@ def exchange(token: str):
 
 @bp.get("/survey")
 @rate_limited("survey", key=_respondent)
+@open_to("holder of a survey link")
 def start():
     """The start page: what the survey is, about whom, how long, who sees the answers."""
     db = get_session()
@@ -308,6 +311,7 @@ def start():
 
 @bp.route("/survey/q/<int:number>", methods=["GET", "POST"])
 @rate_limited("survey", key=_respondent)
+@open_to("holder of a survey link")
 def question(number: int):
     """One question: show it, or save its answer and go on."""
     db = get_session()
@@ -376,6 +380,7 @@ def _save(db: Session, invitation: Invitation, item_id: str, value: int | None) 
 
 @bp.route("/survey/check", methods=["GET", "POST"])
 @rate_limited("survey", key=_respondent)
+@open_to("holder of a survey link")
 def check():
     """Check your answers; sending them completes the response (once, however often sent)."""
     db = get_session()
@@ -416,6 +421,7 @@ def check():
 
 @bp.get("/survey/done")
 @rate_limited("survey", key=_respondent)
+@open_to("holder of a survey link")
 def done():
     """The confirmation, shown again however often the answers were sent."""
     db = get_session()

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, abort, current_app, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from bot.access import open_to
 from bot.config import Settings
 from bot.db import get_session
 from storage.models import utcnow
@@ -64,6 +65,7 @@ def _twiml(replies: list[str]) -> Response:
 
 
 @bp.post("/sms")
+@open_to("Twilio (X-Twilio-Signature checked)")
 def inbound_sms() -> Response:
     """A text from a care worker: store it once, move their conversation on, reply."""
     form = request.form
@@ -88,6 +90,7 @@ def inbound_sms() -> Response:
 
 
 @bp.post("/status")
+@open_to("Twilio (X-Twilio-Signature checked)")
 def delivery_status() -> Response:
     """A delivery report for a text we sent."""
     form = request.form

@@ -17,6 +17,7 @@ from flask import Blueprint, render_template, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from bot.access import open_to
 from bot.csrf import csrf_token, csrf_valid
 from bot.db import get_session
 from bot.security import rate_limited
@@ -72,6 +73,7 @@ def _one_click() -> bool:
 
 @bp.route("/u/<token>", methods=["GET", "POST"])
 @rate_limited("links")
+@open_to("holder of an unsubscribe link")
 def unsubscribe(token: str):
     """Ask whether to stop emails (GET), or stop them (POST from the form or a mail client)."""
     invitation = _invitation(token)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -240,6 +241,7 @@ def _callers(app: Flask, twilio_app: Flask, world: World) -> dict[str, Caller]:
     }
 
 
+@pytest.mark.slow
 def test_no_request_to_any_route_gets_a_server_error(app, session, factory, database_url, tmp_path):
     world = _build_world(session, factory)
     with app.app_context():

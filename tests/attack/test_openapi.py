@@ -162,7 +162,8 @@ def test_the_api_keeps_to_its_description(app, session, factory, path, method, m
 
 
 def test_an_api_refusal_has_the_documented_error_body(client, session):
-    """401 and 403 answers carry {"error", "status"} as the description's Error schema says."""
+    """Refusals (401 without or with a bad token, 404 outside its scope) carry the
+    description's Error body: {"error", "status"}."""
     account = create_account(session, "eval@example.org", "correct horse battery", "evaluator")
     token = issue_token(session, account)[1]
     session.commit()

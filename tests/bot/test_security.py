@@ -173,7 +173,7 @@ def _every_page_type(app, world) -> dict[str, object]:
     """One response of every kind of page the app serves, by name."""
     pages: dict[str, object] = {}
     visitor = app.test_client()
-    pages["start page"] = visitor.get("/")
+    pages["start page, signed out"] = visitor.get("/")  # a redirect to sign in
     pages["sign-in"] = visitor.get("/login")
     pages["sign-in error"] = _sign_in(visitor, "admin@example.org", "wrong password")
     pages["not found"] = visitor.get("/no-such-page")
@@ -209,6 +209,7 @@ def _every_page_type(app, world) -> dict[str, object]:
     admin = app.test_client()
     assert _sign_in(admin, "admin@example.org").status_code == 303
     key = world["key"]
+    pages["start page"] = admin.get("/")
     pages["dashboard"] = admin.get("/dashboard/")
     pages["report"] = admin.get(f"/dashboard/{key}/")
     pages["refused report"] = admin.get(f"/dashboard/{key}/?pre=no-such-wave")
@@ -658,7 +659,9 @@ def test_hostile_names_programmes_and_replies_are_escaped_on_every_page(
         _no_inline_code(html, where)
         return html
 
-    shows(client.get("/"), PROGRAMME, HOME, where="start page")
+    admin = app.test_client()
+    assert _sign_in(admin, "admin@example.org").status_code == 303
+    shows(admin.get("/"), PROGRAMME, HOME, where="start page")
     phone = shows(client.get("/dev/phone"), MANAGER, HOME, WORKER_GIVEN, REPLY, where="phone")
     assert "javascript:alert(3)" in phone  # shown as text, never made a link
     shows(client.get("/dev/mailbox"), PROGRAMME, MANAGER_GIVEN, where="mailbox")

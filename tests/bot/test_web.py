@@ -8,6 +8,7 @@ import re
 from sqlalchemy import select
 
 from bot import create_app
+from storage.accounts import create_account
 from storage.models import Answer, Invitation, Message
 from surveys.invitations import open_wave
 
@@ -171,6 +172,19 @@ def test_start_page_and_dev_pages_show_the_demo_programme(client, session, app):
     tick = seed(session, Outbound(app.config["CAREPULSE"], DevPhone(), DevMailbox()))
     session.commit()
     assert tick.opened == 1 and tick.invited == tick.sent > 20
+    assert client.get("/").status_code == 302  # the start page is for leads and admins
+    create_account(
+        session,
+        "lead@example.org",
+        "correct horse battery",
+        "programme_lead",
+        programme_keys=["nwl-leadership-2027"],
+    )
+    session.commit()
+    login = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
+    form = {"csrf_token": csrf, "email": "lead@example.org", "password": "correct horse battery"}
+    assert client.post("/login", data=form).status_code == 303
     home = client.get("/").get_data(as_text=True)
     assert "NW London care home leadership programme 2027" in home
     for name in ("Willow Court", "Elmfield House", "Harrow Lodge"):

@@ -106,10 +106,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _outage(server: ThrowawayPostgres) -> None:
-    """Stop the server as if it crashed, and start it again a few seconds later."""
+def _outage(server: ThrowawayPostgres, met=lambda: True) -> None:
+    """Stop the server as if it crashed, and start it again a few seconds later, once the
+    traffic has met the outage (`met()`), however slowly the machine runs."""
     server.stop("immediate")
-    time.sleep(OUTAGE_SECONDS)
+    started = time.monotonic()
+    _wait_for(met, 30, "traffic to meet the outage")
+    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
     server.start()
 
 
@@ -138,6 +141,10 @@ class Deliveries:
     def answered(self) -> int:
         with self.lock:
             return sum(1 for tries in self.attempts.values() if 200 in tries)
+
+    def refused(self) -> int:
+        with self.lock:
+            return sum(1 for tries in self.attempts.values() for o in tries if o != 200)
 
 
 def _deliver(fake, url: str, sid: str, mobile: str, deliveries: Deliveries) -> int | str:
@@ -188,7 +195,7 @@ def test_replies_during_an_outage_are_refused_then_stored_once(
     try:
         sender.start()
         _wait_for(lambda: deliveries.answered() >= 10, 30, "the first ten replies")
-        _outage(own_postgres)
+        _outage(own_postgres, met=lambda: deliveries.refused() >= 3)
         sender.join(timeout=60)
         # Twilio retries every failed text with the same MessageSid until it is answered.
         for worker in workers:
