@@ -137,7 +137,7 @@ def require_role(*roles: str) -> Callable[[View], View]:
 
 
 def _api_error(status: int, message: str, token_error: str | None = None) -> WebResponse:
-    response = jsonify({"error": message})
+    response = jsonify({"error": message, "status": status})
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     if status == 401:

@@ -195,7 +195,10 @@ def _chosen_waves(
                 f"its waves are: {', '.join(keys) or 'none'}"
             )
     default_pre, default_post = default_waves(waves)
-    return request.pre or default_pre, request.post or default_post
+    pre, post = request.pre or default_pre, request.post or default_post
+    if pre is not None and pre == post:
+        raise ReportError(f"pre and post are both {pre!r}: compare two different waves")
+    return pre, post
 
 
 def _checked_filters(
@@ -214,6 +217,14 @@ def _checked_filters(
         checked[column] = str(value)
     if not checked:
         return checked
+    for column, value in checked.items():
+        known = sorted({str(v) for v in invitations[column].dropna()})
+        if value not in known:
+            # A typo would otherwise give a silently empty report.
+            raise ReportError(
+                f"there is no {column} {value!r} in this programme; "
+                f"known: {', '.join(known) or 'none'}"
+            )
     # Invited people and respondents are both checked: either count, filtered or left out,
     # could describe a small group. restrict_to raises DisclosureError for a refused filter.
     for frame in (invitations, answers):

@@ -246,3 +246,28 @@ def test_leads_open_the_analysis_file_and_manager_reports_evaluators_do_not(app,
     _evaluator_refused(app.test_client(), session, demo)
     _lead_wide_file(app.test_client(), session, demo)
     _manager_reports(app, app.test_client(), session, demo)
+
+
+def test_a_filter_naming_nothing_and_the_same_wave_twice_are_clear_errors(client, factory):
+    from storage.accounts import create_account as make
+
+    home = factory.home("Willow Court")
+    factory.person(home)
+    programme, _ = factory.programme([home], [("staff_morale", {"roles": ["care_worker"]}, "sms")])
+    from surveys.invitations import open_wave
+
+    open_wave(
+        factory.session, programme.cohorts[0].waves[0], programme.cohorts[0].waves[0].opens_at
+    )
+    token = issue_token(
+        factory.session,
+        make(
+            factory.session, "e@example.org", PASSWORD, "evaluator", programme_keys=[programme.key]
+        ),
+    )[1]
+    factory.session.commit()
+    typo = _api(client, f"/programmes/{programme.key}/report?home=Wilow+Court", token)
+    assert typo.status_code == 400
+    assert "Wilow Court" in typo.get_json()["error"] and "Willow Court" in typo.get_json()["error"]
+    same = _api(client, f"/programmes/{programme.key}/report?pre=baseline&post=baseline", token)
+    assert same.status_code == 400 and "two different waves" in same.get_json()["error"]

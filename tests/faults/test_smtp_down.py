@@ -141,18 +141,19 @@ def test_invitations_sent_across_a_mail_server_outage_arrive_once(
     per_address = Counter(m["To"] for m in received)
     twice = {a: n for a, n in per_address.items() if n > 1}
     assert per_address == Counter(m.email for m in managers), twice  # each exactly once
-    session.rollback()
-    rows = session.scalars(select(OutboxItem)).all()
-    assert {r.status for r in rows} == {"sent"}
-    retried = [r for r in rows if r.attempts > 1]
-    assert retried, "no send met the outage"
-    # Every failed attempt is on record: one stored email each, with the server's error.
-    failures = session.scalars(select(Message).where(Message.status == "error")).all()
-    assert len(failures) == sum(r.attempts - 1 for r in rows) == total.retried
-    # Refused connections ("connect"), or a 421 from a server shutting down mid-session.
-    codes = Counter(m.error_code for m in failures)
-    assert all(c == "connect" or c.startswith("4") for c in codes), codes
-    delivered = session.scalars(select(Message).where(Message.status == "sent")).all()
-    assert sorted(m.provider_id for m in delivered) == sorted(m["Message-ID"] for m in received)
-    assert {i.status for i in session.scalars(select(Invitation))} == {"sent"}
-    print(f"{len(retried)} invitations retried, {len(failures)} failed attempts recorded")
+    # A session of its own: nothing the test's session loaded earlier can be stale.
+    with sessions() as fresh:
+        rows = fresh.scalars(select(OutboxItem)).all()
+        assert {r.status for r in rows} == {"sent"}
+        retried = [r for r in rows if r.attempts > 1]
+        assert retried, "no send met the outage"
+        # Every failed attempt is on record: one stored email each, with the server's error.
+        failures = fresh.scalars(select(Message).where(Message.status == "error")).all()
+        assert len(failures) == sum(r.attempts - 1 for r in rows) == total.retried
+        # Refused connections ("connect"), or a 421 from a server shutting down mid-session.
+        codes = Counter(m.error_code for m in failures)
+        assert all(c == "connect" or c.startswith("4") for c in codes), codes
+        delivered = fresh.scalars(select(Message).where(Message.status == "sent")).all()
+        assert sorted(m.provider_id for m in delivered) == sorted(m["Message-ID"] for m in received)
+        assert {i.status for i in fresh.scalars(select(Invitation))} == {"sent"}
+        print(f"{len(retried)} invitations retried, {len(failures)} failed attempts recorded")
