@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from reports import report_charts
 from reports.disclosure import SUPPRESSED
 from reports.export import write_csv, write_workbook
+from reports.prepost import PREPOST_COLUMNS
 from reports.service import TABLE_TITLES, Report
 from storage.models import Programme
 
@@ -25,19 +26,8 @@ PRINTED_COLUMNS: dict[str, list[str]] = {
     "three_sixty": ["wave", "measure", "group", "n_managers", "n_raters", "mean", "gap"],
     "response_rates": ["wave", "instrument", "invited", "completed", "response_rate", "RR1", "RR2"],
     "response_rates_by_home": ["wave", "instrument", "home", "invited", "completed", "RR2"],
-    "prepost": [
-        "instrument",
-        "relation",
-        "measure",
-        "measure_id",
-        "n_pairs",
-        "mean_pre",
-        "mean_post",
-        "mean_diff",
-        "ci95_low",
-        "ci95_high",
-        "d_z",
-    ],
+    # Up to the confidence interval, then the effect size; the tests are in the files.
+    "prepost": [*PREPOST_COLUMNS[: PREPOST_COLUMNS.index("ci95_high") + 1], "d_z"],
 }
 
 

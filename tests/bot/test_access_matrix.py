@@ -12,8 +12,8 @@ from bot.access import route_matrix, route_table
 from bot.cli import cli
 from storage.accounts import create_account, issue_token
 from storage.vocabulary import ACCOUNT_ROLES
+from tests.support.web import PASSWORD, sign_in
 
-PASSWORD = "correct horse battery"
 README = Path(__file__).resolve().parents[2] / "README.md"
 SAMPLE_ARGS = {
     "key": "prog",
@@ -32,13 +32,6 @@ def _url(rule: str) -> str:
         return str(SAMPLE_ARGS[match.group(1)])
 
     return re.sub(r"<(?:\w+:)?(\w+)>", fill, rule)
-
-
-def _sign_in(client, email: str) -> None:
-    page = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    done = client.post("/login", data={"csrf_token": csrf, "email": email, "password": PASSWORD})
-    assert done.status_code == 303, done.get_data(as_text=True)
 
 
 def test_every_route_declares_who_may_use_it(app):
@@ -77,7 +70,7 @@ def test_pages_refuse_visitors_and_every_role_not_listed(app, session):
             assert "/login" in response.headers["Location"]
     for role in accounts:
         client = app.test_client()
-        _sign_in(client, f"{role}@example.org")
+        _signed_in(client, f"{role}@example.org")
         for row in pages:
             if role in row.access.roles:
                 continue
@@ -114,3 +107,7 @@ def test_an_evaluator_is_sent_to_the_reports_not_the_start_page(app, session, ro
     )
     assert done.headers["Location"].endswith("/dashboard/")
     assert client.get("/").status_code == 403
+
+
+def _signed_in(client, email: str) -> None:
+    assert sign_in(client, email).status_code == 303

@@ -18,8 +18,8 @@ from bot.transports import DevMailbox, DevPhone
 from reports.frames import subjects_rated
 from storage.accounts import create_account, issue_token
 from storage.models import Person, Programme, utcnow
+from tests.support.web import PASSWORD, sign_in
 
-PASSWORD = "correct horse battery"
 KEY = "nwl-leadership-2027"
 
 
@@ -44,13 +44,6 @@ def demo(app, session):
     tokens = {role: issue_token(session, account)[1] for role, account in accounts.items()}
     session.commit()
     return tokens
-
-
-def _sign_in(client, email: str) -> None:
-    page = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    done = client.post("/login", data={"csrf_token": csrf, "email": email, "password": PASSWORD})
-    assert done.status_code in (302, 303), done.get_data(as_text=True)
 
 
 def _api(client, path: str, token: str | None = None):
@@ -150,13 +143,13 @@ def test_the_openapi_file_describes_exactly_the_api_routes(app, client):
 # --- the dashboard ---------------------------------------------------------------------
 
 
-def _dashboard_sign_in(client, demo):
+def _dashboard_signed_in(client, demo):
     response = client.get(f"/dashboard/{KEY}/")
     assert response.status_code in (302, 303) and "/login" in response.headers["Location"]
 
 
 def _dashboard_same_figures(client, demo):
-    _sign_in(client, "eval@example.org")
+    _signed_in(client, "eval@example.org")
     page = client.get(f"/dashboard/{KEY}/").get_data(as_text=True)
     api = _api(client, f"/programmes/{KEY}/tables/response_rates", demo["evaluator"]).get_json()
     for row in api["tables"]["response_rates"]["rows"]:
@@ -172,7 +165,7 @@ def _dashboard_same_figures(client, demo):
 
 
 def _dashboard_downloads(client, demo):
-    _sign_in(client, "eval@example.org")
+    _signed_in(client, "eval@example.org")
     page = client.get(f"/dashboard/{KEY}/").get_data(as_text=True)
     charts = re.findall(r'src="(/dashboard/[^"]+\.png[^"]*)"', page)
     assert len(charts) == 3
@@ -184,7 +177,7 @@ def _dashboard_downloads(client, demo):
 
 
 def _evaluator_refused(client, session, demo):
-    _sign_in(client, "eval@example.org")
+    _signed_in(client, "eval@example.org")
     subject = subjects_rated(session, KEY)[0]
     assert client.get(f"/dashboard/{KEY}/wide.csv").status_code == 403
     assert client.get(f"/dashboard/{KEY}/managers/").status_code == 403
@@ -193,7 +186,7 @@ def _evaluator_refused(client, session, demo):
 
 
 def _lead_wide_file(client, session, demo):
-    _sign_in(client, "lead@example.org")
+    _signed_in(client, "lead@example.org")
     response = client.get(f"/dashboard/{KEY}/wide.csv")
     assert response.status_code == 200
     text = response.get_data(as_text=True)
@@ -207,7 +200,7 @@ def _lead_wide_file(client, session, demo):
 def _manager_reports(app, client, session, demo):
     subject = subjects_rated(session, KEY)[0]
     name = session.get(Person, subject).full_name
-    _sign_in(client, "lead@example.org")
+    _signed_in(client, "lead@example.org")
     page = client.get(f"/dashboard/{KEY}/managers/{subject}")
     assert page.status_code == 200 and name in page.get_data(as_text=True)
 
@@ -236,7 +229,7 @@ def test_the_api_scope_tables_errors_and_filters(client, session, demo):
 
 def test_the_dashboard_shows_what_the_api_shows_with_its_charts_and_downloads(client, demo):
     """Sign-in first; the same figures as the API and the CSV; PNG charts; the workbook."""
-    _dashboard_sign_in(client, demo)
+    _dashboard_signed_in(client, demo)
     _dashboard_same_figures(client, demo)
     _dashboard_downloads(client, demo)
 
@@ -271,3 +264,7 @@ def test_a_filter_naming_nothing_and_the_same_wave_twice_are_clear_errors(client
     assert "Wilow Court" in typo.get_json()["error"] and "Willow Court" in typo.get_json()["error"]
     same = _api(client, f"/programmes/{programme.key}/report?pre=baseline&post=baseline", token)
     assert same.status_code == 400 and "two different waves" in same.get_json()["error"]
+
+
+def _signed_in(client, email: str) -> None:
+    assert sign_in(client, email).status_code == 303
