@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -425,8 +426,8 @@ class ProcfileWeb(Gunicorn):
 class Dispatcher:
     """`carepulse dispatch` (the Procfile's `dispatch`) in its own process."""
 
-    def __init__(self, env: dict[str, str], log: Path, threads: int | None) -> None:
-        self.env, self.log, self.threads = env, log, threads
+    def __init__(self, env: dict[str, str], log: Path, threads: int | None, nice: int) -> None:
+        self.env, self.log, self.threads, self.nice = env, log, threads, nice
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.cpu = math.nan
@@ -444,8 +445,17 @@ class Dispatcher:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=self._in_child,
             )
+
+    def _in_child(self) -> None:
+        _die_with_parent()
+        if self.nice:  # a lower CPU priority than the web workers', when asked
+            os.nice(self.nice)
+            # With autogroup scheduling (Linux's default), CPU is shared between sessions
+            # first: the new session's own niceness is the one that counts against gunicorn.
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as group:
+                group.write(str(self.nice))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until it has started (it prints its worker id once its app is made)."""
@@ -1048,7 +1058,8 @@ def measure(args: argparse.Namespace, url: str, setup: SetUp, tmp: Path) -> Resu
         web.env = system_env(web, fake.base_url)
         dispatcher = None
         if args.messages:
-            dispatcher = Dispatcher(web.env, tmp / "dispatch.log", args.dispatch_threads)
+            log = tmp / "dispatch.log"
+            dispatcher = Dispatcher(web.env, log, args.dispatch_threads, args.dispatch_nice)
         try:
             web.start()
             print(f"bench: `{procfile_command('web')}` on {web.url} ({args.workers} workers)")
@@ -1294,6 +1305,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2, Procfile)")
     parser.add_argument(
         "--dispatch-threads", type=int, help="dispatcher threads (default: the CLI's, 4)"
+    )
+    parser.add_argument(
+        "--dispatch-nice",
+        type=int,
+        default=0,
+        help="run the dispatcher at this niceness (0; 10: yields the CPU to the web workers)",
     )
     parser.add_argument("--homes", type=int, default=100, help="care homes (100)")
     parser.add_argument("--staff", type=int, default=100, help="staff per home (100)")
