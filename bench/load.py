@@ -247,21 +247,11 @@ def _person(
 def queue_link_texts(session: Any, numbers: list[str]) -> None:
     """A second cohort of the programme: one care worker per number, each with a pending
     `staff_morale` link text queued in the outbox (as bench/dispatch.py queues them)."""
-    from sqlalchemy import insert, select
+    from sqlalchemy import select
 
-    from storage.models import (
-        CareHome,
-        Cohort,
-        Invitation,
-        OutboxItem,
-        Person,
-        Programme,
-        Wave,
-        WaveInstrument,
-    )
+    from storage.models import CareHome, Cohort, Programme, Wave, WaveInstrument
     from surveys.catalogue import ensure_version
     from surveys.instruments import load_library
-    from surveys.outbox import outbox_key
 
     now = dt.datetime.now(dt.UTC)
     version = ensure_version(session, load_library()["staff_morale"])
@@ -292,13 +282,31 @@ def queue_link_texts(session: Any, numbers: list[str]) -> None:
     )
     session.add(cohort)
     session.flush()
+    _queue_invitations(session, wave.id, version.id, [h.id for h in homes], numbers, now)
+
+
+def _queue_invitations(
+    session: Any,
+    wave_id: int,
+    version_id: int,
+    home_ids: list[int],
+    numbers: list[str],
+    now: dt.datetime,
+) -> None:
+    """A care worker per number (100 a home), each with a pending invitation and its
+    text queued in the outbox, inserted in bulk as bench/dispatch.py does."""
+    from sqlalchemy import insert, select
+
+    from storage.models import Invitation, OutboxItem, Person
+    from surveys.outbox import outbox_key
+
     people = [
         {
             "external_id": f"D{i:06d}",
             "given_name": f"Worker{i}",
             "family_name": "Dispatch",
             "role": "care_worker",
-            "care_home_id": homes[i // 100].id,
+            "care_home_id": home_ids[i // 100],
             "mobile": number,
             "active_from": dt.date(2020, 1, 1),
         }
@@ -310,8 +318,8 @@ def queue_link_texts(session: Any, numbers: list[str]) -> None:
     ).all()
     invitations = [
         {
-            "wave_id": wave.id,
-            "instrument_version_id": version.id,
+            "wave_id": wave_id,
+            "instrument_version_id": version_id,
             "person_id": person_id,
             "channel": "sms",
             "token": secrets.token_urlsafe(24),
@@ -323,7 +331,7 @@ def queue_link_texts(session: Any, numbers: list[str]) -> None:
     ]
     session.execute(insert(Invitation), invitations)
     invitation_ids = session.scalars(
-        select(Invitation.id).where(Invitation.wave_id == wave.id).order_by(Invitation.id)
+        select(Invitation.id).where(Invitation.wave_id == wave_id).order_by(Invitation.id)
     ).all()
     rows = [
         {

@@ -167,7 +167,9 @@ def _rater_scores(
 ) -> pd.DataFrame:
     """One row per rater, manager, wave and measure: the rater's `score` on it (item
     scores and scale scores as `reports.scales` forms them)."""
-    data = answers.loc[answers["instrument"] == INSTRUMENT]
+    # An appraisal asked without a subject (a programme file may ask it of roles only)
+    # rates nobody in particular: it has no place in a self-vs-others comparison.
+    data = answers.loc[(answers["instrument"] == INSTRUMENT) & answers["subject_id"].notna()]
     if waves is not None:
         data = data.loc[data["wave"].isin(list(waves))]
     data = data.astype({"subject_id": "int64", "person_id": "int64"})
@@ -339,7 +341,7 @@ def _measure_order(items: pd.DataFrame) -> dict[str, int]:
 
 def _raters(answers: pd.DataFrame, min_raters: Mapping[str, int]) -> pd.DataFrame:
     """Raters who answered anything, per wave and group, suppressed as the figures are."""
-    data = answers.loc[answers["instrument"] == INSTRUMENT]
+    data = answers.loc[(answers["instrument"] == INSTRUMENT) & answers["subject_id"].notna()]
     if data.empty:
         return pd.DataFrame(columns=list(MANAGER_RATER_COLUMNS))
     scores = data.assign(level="any", measure="any", score=0.0)

@@ -323,3 +323,18 @@ def test_stored_answers_read_through_the_frames(session, factory):
     # Items in the questionnaire's order, then the scale.
     measures = table.loc[table["group"] == "self", "measure"].tolist()
     assert measures == ["staff_praise", "listens_to_staff", "mentors_staff", "supporting_staff"]
+
+
+def test_appraisals_asked_without_a_subject_are_left_out_not_a_crash():
+    # A programme file may ask appraisal_360 of roles without naming whom it is about.
+    rated = _ratings(1, "staff", [3, 3, 3, 3, 3])
+    unrated = [dict(row, subject_id=None, relation=None) for row in _ratings(9, "staff", [1, 1])]
+    answers = _frame(rated, unrated)
+    pooled = pooled_self_vs_others(answers, ITEMS, MIN_RATERS, threshold=5)
+    per_manager = self_vs_others(answers, ITEMS, MIN_RATERS)
+    assert set(per_manager["subject_id"]) == {1}
+    staff = per_manager[
+        (per_manager["group"] == "staff") & (per_manager["measure"] == "staff_praise")
+    ]
+    assert staff[["n_raters", "mean"]].values.tolist() == [[5, 3.0]]
+    assert set(pooled["group"]) >= {"staff"}
