@@ -84,6 +84,26 @@ WAVES = (
 """(key and kind, opens at, mean improvement on the 1-5 scale over baseline)."""
 OPEN_FOR = dt.timedelta(days=18, hours=11)
 INSTRUMENTS = ("manager_self_report", "appraisal_360", "staff_morale")
+ASKS: dict[str, tuple[dict[str, Any], str | None, str | None]] = {
+    "manager_self_report": ({"roles": ["manager"]}, "email", None),
+    "appraisal_360": (
+        {
+            "subject_role": "manager",
+            "raters": {
+                "self": ["manager"],
+                "staff": list(RATER_ROLES),
+                "line_manager": ["manager"],
+                "peer": ["manager"],
+            },
+        },
+        None,
+        "link",
+    ),
+    "staff_morale": ({"roles": [role for role, _ in STAFF_MIX]}, "sms", "conversation"),
+}
+"""What every wave asks, of whom (audience), by which channel and SMS mode. The 360's
+peers and line managers are managers of other homes, which the app's `open_wave` (same
+home only) would not pair: the invitations are written by the benchmark itself."""
 
 
 # --------------------------------------------------------------------------- the programme
@@ -342,25 +362,8 @@ def responses_and_answers(
     item_level = rng.normal(0, 0.3, len(item_ids))
     which = offsets[started["instrument"].map(codes).to_numpy()[row]] + position
 
-    person = people.set_index("id")
-    home_manager = people[people["role"] == "manager"].set_index("home")["id"]
-    rater_home = person["home"].reindex(started["person_id"]).to_numpy()
-    is_manager = (person["role"].reindex(started["person_id"]) == "manager").to_numpy()
-    target = np.where(
-        started["subject_person_id"].notna(),
-        started["subject_person_id"].fillna(0).to_numpy(int),
-        np.where(is_manager, started["person_id"], home_manager.reindex(rater_home).to_numpy()),
-    )
+    level = _levels(started, people, rng)
     own = started["own"].to_numpy()
-    shift = started["wave"].map({w: s for w, _, s in WAVES}).to_numpy()
-    level = (
-        3.5
-        + person["leniency"].reindex(started["person_id"]).to_numpy()
-        + person["quality"].reindex(target).to_numpy() * np.where(own, 1.0, 0.5)
-        + shift * person["responsiveness"].reindex(target).to_numpy()
-        + 0.35 * (started["rater_relation"] == "self").to_numpy()
-        + rng.normal(0, 0.3, len(started))
-    )
     values = np.clip(np.rint(level[row] + item_level[which] + rng.normal(0, 0.75, len(row))), 1, 5)
     values = np.where(reverse[which], 6 - values, values).astype(int)
     skipped = rng.random(len(row)) < np.where(own[row], 0.02, 0.10)
@@ -380,6 +383,32 @@ def responses_and_answers(
         }
     )
     return responses, answers
+
+
+def _levels(started: pd.DataFrame, people: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Each started invitation's expected answer before the item's own level and the
+    per-answer noise (see `responses_and_answers`)."""
+    person = people.set_index("id")
+    home_manager = people[people["role"] == "manager"].set_index("home")["id"]
+    rater_home = person["home"].reindex(started["person_id"]).to_numpy()
+    is_manager = (person["role"].reindex(started["person_id"]) == "manager").to_numpy()
+    # Whose leadership the answer is about: the 360's subject; for the self-report the
+    # manager themself; for morale the manager of the rater's home.
+    target = np.where(
+        started["subject_person_id"].notna(),
+        started["subject_person_id"].fillna(0).to_numpy(int),
+        np.where(is_manager, started["person_id"], home_manager.reindex(rater_home).to_numpy()),
+    )
+    own = started["own"].to_numpy()
+    shift = started["wave"].map({w: s for w, _, s in WAVES}).to_numpy()
+    return (
+        3.5
+        + person["leniency"].reindex(started["person_id"]).to_numpy()
+        + person["quality"].reindex(target).to_numpy() * np.where(own, 1.0, 0.5)
+        + shift * person["responsiveness"].reindex(target).to_numpy()
+        + 0.35 * (started["rater_relation"] == "self").to_numpy()
+        + rng.normal(0, 0.3, len(started))
+    )
 
 
 def _copy(cursor: Any, table: str, frame: pd.DataFrame) -> None:
@@ -419,7 +448,6 @@ def _declare_programme(session: Any, homes: int) -> dict[str, Any]:
         settings={"min_raters": {"staff": 5, "peer": 3, "line_manager": 1}},
     )
     cohort = Cohort(programme=programme, key="cohort-1", name="Cohort 1", homes=care_homes)
-    staff_roles = [role for role, _ in STAFF_MIX]
     for key, opens, _ in WAVES:
         wave = Wave(
             cohort=cohort,
@@ -431,24 +459,7 @@ def _declare_programme(session: Any, homes: int) -> dict[str, Any]:
             opened_at=opens,
             reminders={"after_days": [2, 5], "max": 2},
         )
-        audiences = {
-            "manager_self_report": ({"roles": ["manager"]}, "email", None),
-            "appraisal_360": (
-                {
-                    "subject_role": "manager",
-                    "raters": {
-                        "self": ["manager"],
-                        "staff": list(RATER_ROLES),
-                        "line_manager": ["manager"],
-                        "peer": ["manager"],
-                    },
-                },
-                None,
-                "link",
-            ),
-            "staff_morale": ({"roles": staff_roles}, "sms", "conversation"),
-        }
-        for instrument, (audience, channel, sms_mode) in audiences.items():
+        for instrument, (audience, channel, sms_mode) in ASKS.items():
             wave.instruments.append(
                 WaveInstrument(
                     instrument_version=versions[instrument],
@@ -523,6 +534,29 @@ def generate(
     }
 
 
+def _copy_all(engine: Any, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """COPY every frame into its table in one transaction; seconds per table."""
+    timings: dict[str, float] = {}
+    raw = engine.raw_connection()
+    try:
+        with raw.driver_connection.cursor() as cursor:
+            for table, frame in tables.items():
+                started = time.perf_counter()
+                _copy(cursor, table, frame)
+                # Ids were given explicitly: move each sequence past them.
+                cursor.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
+                timings[f"copy {table}"] = time.perf_counter() - started
+        started = time.perf_counter()
+        raw.commit()
+        timings["commit"] = time.perf_counter() - started
+    finally:
+        raw.close()
+    return timings
+
+
 def set_up(url: str, homes: int, groups: int, seed: int, reset: bool) -> dict[str, Any]:
     """Migrate, declare the programme, COPY the bulk tables, VACUUM ANALYZE; timings and
     row counts."""
@@ -555,24 +589,7 @@ def set_up(url: str, homes: int, groups: int, seed: int, reset: bool) -> dict[st
     tables_data = generate(homes, groups, seed, declared)
     timings["generate"] = time.perf_counter() - started
 
-    raw = engine.raw_connection()
-    try:
-        with raw.driver_connection.cursor() as cursor:
-            for table, frame in tables_data.items():
-                started = time.perf_counter()
-                _copy(cursor, table, frame)
-                # Ids were given explicitly: move each sequence past them.
-                cursor.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"(SELECT max(id) FROM {table}))"
-                )
-                timings[f"copy {table}"] = time.perf_counter() - started
-        started = time.perf_counter()
-        raw.commit()
-        timings["commit"] = time.perf_counter() - started
-    finally:
-        raw.close()
-
+    timings.update(_copy_all(engine, tables_data))
     started = time.perf_counter()
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
