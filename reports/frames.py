@@ -3,6 +3,7 @@ contact details: reports work on these and nothing else."""
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pandas as pd
@@ -114,7 +115,7 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         Person.active_to,
     )
     stmt = _with_context(stmt, programme_key).order_by(Invitation.id)
-    frame = pd.DataFrame(session.execute(stmt).all(), columns=INVITATION_COLUMNS)
+    frame = _rows(session, stmt, INVITATION_COLUMNS, _INVITATION_TYPES)
     # The funnel needs the furthest stage ever reached: an invitation that was delivered
     # and then expired unanswered still counts as delivered.
     events = session.execute(
@@ -166,7 +167,7 @@ def answers_frame(session: Session, programme_key: str) -> pd.DataFrame:
         .join(Invitation, Response.invitation_id == Invitation.id)
     )
     stmt = _with_context(stmt, programme_key).where(Answer.value.is_not(None))
-    return pd.DataFrame(session.execute(stmt).all(), columns=ANSWER_COLUMNS)
+    return _rows(session, stmt, ANSWER_COLUMNS, _ANSWER_TYPES)
 
 
 def items_frame(session: Session, programme_key: str) -> pd.DataFrame:
@@ -272,3 +273,62 @@ def data_version(session: Session, programme_key: str) -> tuple[Any, ...]:
     row = session.execute(select(*(select(a).scalar_subquery() for a in aggregates))).one()
     settings = repr(sorted((programme.settings or {}).items()))
     return (programme.id, programme.anonymity_threshold, settings, *row)
+
+
+# --- reading rows fast ------------------------------------------------------------------
+
+_INVITATION_TYPES = {
+    "int": ("invitation_id", "instrument_version_id", "person_id"),
+    "float": ("subject_id",),
+    "instant": ("wave_opens_at", "wave_closes_at"),
+    "date": ("active_from", "active_to"),
+}
+_ANSWER_TYPES = {
+    "int": ("invitation_id", "instrument_version_id", "person_id", "value"),
+    "float": ("subject_id",),
+    "instant": ("wave_opens_at",),
+    "bool": ("completed",),
+}
+
+
+def _rows(
+    session: Session, stmt: Select[Any], columns: list[str], types: dict[str, tuple[str, ...]]
+) -> pd.DataFrame:
+    """The rows of `stmt` as a frame with `columns`, typed as the ORM would give them.
+
+    On PostgreSQL the rows come through `COPY (query) TO STDOUT` as CSV into
+    `pandas.read_csv`: for a million answers, building SQLAlchemy Row objects took most of
+    the report's time and 1.4 GB (bench/reports.py). Elsewhere, the plain query.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return pd.DataFrame(session.execute(stmt).all(), columns=columns)
+    compiled = stmt.compile(dialect=connection.dialect)
+    buffer = io.BytesIO()
+    driver = connection.connection.driver_connection
+    query = f"COPY ({compiled.string}) TO STDOUT WITH (FORMAT csv)"
+    # psycopg binds the parameters itself: nothing is pasted into the SQL text.
+    with driver.cursor() as cursor, cursor.copy(query, compiled.params) as copy:  # type: ignore[union-attr]
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    frame = pd.read_csv(buffer, names=columns, dtype=str, keep_default_na=False, na_values=[""])
+    return _typed(frame, types)
+
+
+def _typed(frame: pd.DataFrame, types: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+    """CSV text columns as the types the ORM path gives (None for an empty cell)."""
+    for column in types.get("int", ()):
+        frame[column] = frame[column].astype("int64")
+    for column in types.get("float", ()):
+        frame[column] = frame[column].astype("float64")
+    for column in types.get("instant", ()):
+        frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[us, UTC]")
+    for column in types.get("date", ()):
+        dates = pd.to_datetime(frame[column], format="%Y-%m-%d")
+        frame[column] = pd.Series(
+            [None if pd.isna(d) else d.date() for d in dates], index=frame.index, dtype=object
+        )
+    for column in types.get("bool", ()):
+        frame[column] = frame[column] == "t"
+    return frame
