@@ -16,6 +16,7 @@ from bot.demo import run_cycle
 from bot.outbound import Outbound
 from bot.transports import DevMailbox, DevPhone
 from reports.frames import subjects_rated
+from reports.service import TABLE_TITLES
 from storage.accounts import create_account, issue_token
 from storage.models import Person, Programme, utcnow
 from tests.support.web import PASSWORD, sign_in
@@ -73,6 +74,7 @@ def _api_scope(client, demo):
     assert outsider.status_code == 404 and outsider.get_json()["error"]
     admin = _api(client, "/programmes", demo["admin"]).get_json()["programmes"]
     assert {p["key"] for p in admin} == {KEY, "other"}
+    return [p["key"] for p in listed]
 
 
 def _api_tables(client, session, demo):
@@ -174,6 +176,7 @@ def _dashboard_downloads(client, demo):
         assert image.status_code == 200 and image.data[:8] == b"\x89PNG\r\n\x1a\n"
     workbook = load_workbook(io.BytesIO(client.get(f"/dashboard/{KEY}/report.xlsx").data))
     assert workbook.sheetnames[0] == "About" and "prepost" in workbook.sheetnames
+    return workbook.sheetnames
 
 
 def _evaluator_refused(client, session, demo):
@@ -195,6 +198,7 @@ def _lead_wide_file(client, session, demo):
     assert "staff_morale__morale" in header and "person_id" not in header
     for personal in _names_and_contacts(session):
         assert personal not in text
+    return header
 
 
 def _manager_reports(app, client, session, demo):
@@ -221,7 +225,7 @@ def _manager_reports(app, client, session, demo):
 
 def test_the_api_scope_tables_errors_and_filters(client, session, demo):
     """Tokens and scope; every table without names or contacts; JSON errors; filters."""
-    _api_scope(client, demo)
+    assert _api_scope(client, demo) == [KEY]  # an evaluator sees their programme only
     _api_tables(client, session, demo)
     _api_errors(client, demo)
     _api_filters(client, demo)
@@ -231,13 +235,15 @@ def test_the_dashboard_shows_what_the_api_shows_with_its_charts_and_downloads(cl
     """Sign-in first; the same figures as the API and the CSV; PNG charts; the workbook."""
     _dashboard_signed_in(client, demo)
     _dashboard_same_figures(client, demo)
-    _dashboard_downloads(client, demo)
+    sheets = _dashboard_downloads(client, demo)
+    assert sheets[0] == "About" and set(TABLE_TITLES) <= {s.removesuffix(" (2)") for s in sheets}
 
 
 def test_leads_open_the_analysis_file_and_manager_reports_evaluators_do_not(app, session, demo):
     """Evaluators are refused; the lead's file has no names; managers' reports by role/link."""
     _evaluator_refused(app.test_client(), session, demo)
-    _lead_wide_file(app.test_client(), session, demo)
+    header = _lead_wide_file(app.test_client(), session, demo)
+    assert header[:2] == ["pseudonym", "cohort"] and "person_id" not in header
     _manager_reports(app, app.test_client(), session, demo)
 
 
