@@ -375,6 +375,14 @@ def procfile_command(name: str) -> str:
     raise SystemExit(f"bench: the Procfile has no {name!r} process")
 
 
+def split_nice(command: str) -> tuple[int, list[str]]:
+    """A command's niceness and the command without it: `nice -n 10 x` -> (10, [x])."""
+    words = command.split()
+    if len(words) > 3 and words[0] == "nice" and words[1] == "-n":
+        return int(words[2]), words[3:]
+    return 0, words
+
+
 def system_env(web: Gunicorn, fake_url: str) -> dict[str, str]:
     """One environment for every process, as a deployment gives them: the database, the
     public URL (what Twilio signs), and Twilio's REST API at the fake."""
@@ -434,14 +442,21 @@ class ProcfileWeb(Gunicorn):
 class Dispatcher:
     """`carepulse dispatch` (the Procfile's `dispatch`) in its own process."""
 
-    def __init__(self, env: dict[str, str], log: Path, threads: int | None, nice: int) -> None:
-        self.env, self.log, self.threads, self.nice = env, log, threads, nice
+    def __init__(
+        self, env: dict[str, str], log: Path, threads: int | None, nice: int | None
+    ) -> None:
+        procfile_nice, self.command = split_nice(procfile_command("dispatch"))
+        self.env, self.log, self.threads = env, log, threads
+        # The Procfile's `nice -n N` is applied here rather than by nice(1): with autogroup
+        # scheduling a process's own niceness only counts inside its session, so the
+        # session's must be set as well for it to yield to gunicorn.
+        self.nice = procfile_nice if nice is None else nice
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self.cpu = math.nan
 
     def start(self) -> None:
-        command = procfile_command("dispatch").split()
+        command = list(self.command)
         if self.threads:
             command += ["--threads", str(self.threads)]
         with self.log.open("wb") as out:
@@ -1073,6 +1088,7 @@ def measure(args: argparse.Namespace, url: str, setup: SetUp, tmp: Path) -> Resu
             print(f"bench: `{procfile_command('web')}` on {web.url} ({args.workers} workers)")
             if dispatcher is not None:
                 dispatcher.start()  # it waits for the held texts to be released
+                print(f"bench: `{' '.join(dispatcher.command)}` at niceness {dispatcher.nice}")
             warm_up(web, token, setup.numbers[-WARMUP_PEOPLE:])
             quiet_pulls(web.port, setup.api_token, 2)  # untimed: each worker's first pull
             quiet_before = quiet_pulls(web.port, setup.api_token, 3)
@@ -1317,8 +1333,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dispatch-nice",
         type=int,
-        default=0,
-        help="run the dispatcher at this niceness (0; 10: yields the CPU to the web workers)",
+        help="run the dispatcher at this niceness (default: the Procfile's, 10; 0: not niced)",
     )
     parser.add_argument("--homes", type=int, default=100, help="care homes (100)")
     parser.add_argument("--staff", type=int, default=100, help="staff per home (100)")
