@@ -297,7 +297,8 @@ def wide_answers(answers: pd.DataFrame, items: pd.DataFrame, pseudonym_key: byte
     item_columns = _item_columns(items, answers)
     if answers.empty:
         return pd.DataFrame(columns=[*WIDE_ANSWERS_COLUMNS, *item_columns])
-    data = answers.assign(column=answers["instrument"] + "__" + answers["item_id"].astype(str))
+    column = answers["instrument"].astype(str) + "__" + answers["item_id"].astype(str)
+    data = answers.assign(column=column)
     values = data.pivot(index="invitation_id", columns="column", values="value")
     # Answers are whole scale points; keep them whole (a plain pivot turns gaps into floats).
     values = values.astype("Int64") if _all_whole(data["value"]) else values

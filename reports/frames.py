@@ -7,7 +7,7 @@ import io
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import (
@@ -47,6 +47,8 @@ INVITATION_COLUMNS = [
     "active_from",
     "active_to",
 ]
+_INVITATION_FLAGS = [*(f"reached_{stage}" for stage in FUNNEL_STAGES), "responded"]
+_INVITATION_QUERY_COLUMNS = [*INVITATION_COLUMNS, *_INVITATION_FLAGS, "items_answered"]
 ANSWER_COLUMNS = [
     "invitation_id",
     "cohort",
@@ -94,7 +96,33 @@ def _with_context(stmt: Select[Any], programme_key: str) -> Select[Any]:
 
 
 def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
-    """One row per invitation of the programme, with its wave, instrument, home and status."""
+    """One row per invitation of the programme, with its wave, instrument, home and status,
+    the funnel stages it ever reached (`reached_<stage>`), whether anything was answered
+    (`responded`) and how many of its `items_total` items have a value (`items_answered`)."""
+    ids = _with_context(select(Invitation.id), programme_key).scalar_subquery()
+    # The funnel needs the furthest stage ever reached: an invitation that was delivered
+    # and then expired unanswered still counts as delivered. Aggregated in the database:
+    # one row per invitation instead of its whole history (647,419 events in bench/reports.py).
+    reached = (
+        select(
+            InvitationEvent.invitation_id,
+            *(
+                func.max(case((InvitationEvent.status == stage, 1), else_=0)).label(stage)
+                for stage in FUNNEL_STAGES
+            ),
+        )
+        .where(InvitationEvent.invitation_id.in_(ids))
+        .group_by(InvitationEvent.invitation_id)
+        .subquery()
+    )
+    # Items answered with a value (SKIP and left-unanswered items are stored as NULL).
+    answered = (
+        select(Response.invitation_id, func.count(Answer.value).label("n"))
+        .join(Answer, Answer.response_id == Response.id, isouter=True)
+        .where(Response.invitation_id.in_(ids))
+        .group_by(Response.invitation_id)
+        .subquery()
+    )
     stmt = select(
         Invitation.id,
         Programme.key,
@@ -114,30 +142,16 @@ def invitations_frame(session: Session, programme_key: str) -> pd.DataFrame:
         Invitation.subject_person_id,
         Person.active_from,
         Person.active_to,
+        *(func.coalesce(reached.c[stage], 0) for stage in FUNNEL_STAGES),
+        case((answered.c.invitation_id.is_not(None), 1), else_=0),
+        func.coalesce(answered.c.n, 0),
     )
+    stmt = stmt.outerjoin(reached, reached.c.invitation_id == Invitation.id)
+    stmt = stmt.outerjoin(answered, answered.c.invitation_id == Invitation.id)
     stmt = _with_context(stmt, programme_key).order_by(Invitation.id)
-    frame = _rows(session, stmt, INVITATION_COLUMNS, _INVITATION_TYPES)
-    # The funnel needs the furthest stage ever reached: an invitation that was delivered
-    # and then expired unanswered still counts as delivered.
-    events = session.execute(
-        select(InvitationEvent.invitation_id, InvitationEvent.status).where(
-            InvitationEvent.invitation_id.in_(select(stmt.subquery().c.id))
-        )
-    ).all()
-    reached = pd.DataFrame(events, columns=["invitation_id", "status"])
-    for stage in FUNNEL_STAGES:
-        ids = set(reached.loc[reached["status"] == stage, "invitation_id"])
-        frame[f"reached_{stage}"] = frame["invitation_id"].isin(ids)
-    # Items answered with a value (SKIP and left-unanswered items are stored as NULL).
-    counts = session.execute(
-        select(Response.invitation_id, func.count(Answer.value))
-        .join(Answer, Answer.response_id == Response.id, isouter=True)
-        .where(Response.invitation_id.in_(select(stmt.subquery().c.id)))
-        .group_by(Response.invitation_id)
-    ).all()
-    answered = dict(counts)
-    frame["responded"] = frame["invitation_id"].isin(answered)
-    frame["items_answered"] = frame["invitation_id"].map(answered).fillna(0).astype(int)
+    frame = _rows(session, stmt, _INVITATION_QUERY_COLUMNS, _INVITATION_TYPES)
+    for flag in _INVITATION_FLAGS:
+        frame[flag] = frame[flag].astype(bool)
     totals = items_frame(session, programme_key).groupby("instrument_version_id").size()
     frame["items_total"] = frame["instrument_version_id"].map(totals).fillna(0).astype(int)
     return frame
@@ -281,17 +295,43 @@ def data_version(session: Session, programme_key: str) -> tuple[Any, ...]:
 
 # --- reading rows fast ------------------------------------------------------------------
 
+# Text columns with a handful of distinct values (keys, kinds, names of homes and roles)
+# are pandas categoricals: every groupby and merge on them then hashes small integer codes
+# instead of a million strings (about 2 s of a 1,000,000-answer report, bench/reports.py).
+# `relation` stays text, because reports fill its gaps with "-".
+_INVITATION_CATEGORIES = (
+    "programme",
+    "cohort",
+    "wave",
+    "wave_kind",
+    "instrument",
+    "home",
+    "role",
+    "channel",
+    "status",
+)
+_ANSWER_CATEGORIES = ("cohort", "wave", "wave_kind", "instrument", "home", "role", "item_id")
+_ANSWER_CATEGORIES += ("channel",)
+
 _INVITATION_TYPES = {
-    "int": ("invitation_id", "instrument_version_id", "person_id"),
+    "int": (
+        "invitation_id",
+        "instrument_version_id",
+        "person_id",
+        *_INVITATION_FLAGS,
+        "items_answered",
+    ),
     "float": ("subject_id",),
     "instant": ("wave_opens_at", "wave_closes_at"),
     "date": ("active_from", "active_to"),
+    "category": _INVITATION_CATEGORIES,
 }
 _ANSWER_TYPES = {
     "int": ("invitation_id", "instrument_version_id", "person_id", "value"),
     "float": ("subject_id",),
     "instant": ("wave_opens_at",),
     "bool": ("completed",),
+    "category": _ANSWER_CATEGORIES,
 }
 
 
@@ -306,7 +346,8 @@ def _rows(
     """
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        return pd.DataFrame(session.execute(stmt).all(), columns=columns)
+        frame = pd.DataFrame(session.execute(stmt).all(), columns=columns)
+        return _categorised(frame, types.get("category", ()))
     compiled = stmt.compile(dialect=connection.dialect)
     buffer = io.BytesIO()
     driver = connection.connection.driver_connection
@@ -316,8 +357,17 @@ def _rows(
         for block in copy:
             buffer.write(block)
     buffer.seek(0)
-    frame = pd.read_csv(buffer, names=columns, dtype=str, keep_default_na=False, na_values=[""])
+    categories = types.get("category", ())
+    dtypes = {c: "category" if c in categories else "str" for c in columns}
+    frame = pd.read_csv(buffer, names=columns, dtype=dtypes, keep_default_na=False, na_values=[""])
     return _typed(frame, types)
+
+
+def _categorised(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """`columns` as categoricals of their text values (missing stays missing)."""
+    for column in columns:
+        frame[column] = frame[column].astype("str").astype("category")
+    return frame
 
 
 def _typed(frame: pd.DataFrame, types: dict[str, tuple[str, ...]]) -> pd.DataFrame:
@@ -330,9 +380,8 @@ def _typed(frame: pd.DataFrame, types: dict[str, tuple[str, ...]]) -> pd.DataFra
         frame[column] = pd.to_datetime(frame[column], utc=True).astype("datetime64[us, UTC]")
     for column in types.get("date", ()):
         dates = pd.to_datetime(frame[column], format="%Y-%m-%d")
-        frame[column] = pd.Series(
-            [None if pd.isna(d) else d.date() for d in dates], index=frame.index, dtype=object
-        )
+        values = dates.dt.date.astype(object)
+        frame[column] = values.where(dates.notna(), None)
     for column in types.get("bool", ()):
         frame[column] = frame[column] == "t"
     return frame

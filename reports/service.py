@@ -280,6 +280,9 @@ def rounded(table: pd.DataFrame) -> pd.DataFrame:
 
     out = table.copy()
     for column in out.columns:
+        if isinstance(out[column].dtype, pd.CategoricalDtype):
+            # Categoricals are the frames' way to group fast; tables show plain text.
+            out[column] = out[column].astype(out[column].cat.categories.dtype)
         if out[column].dtype.kind == "f":
             out[column] = out[column].round(DECIMALS)
         elif out[column].dtype == object:
