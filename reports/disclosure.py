@@ -109,6 +109,7 @@ def protect(
     total_col: str | None = None,
     members_col: str | None = None,
     crossed: Sequence[str] = (),
+    totals_known: bool = True,
 ) -> pd.DataFrame:
     """`table` with primary and complementary suppression applied to `figure_cols`.
 
@@ -128,6 +129,11 @@ def protect(
     then counted as the size of their union, which is right when rows share people (by
     instrument or channel); without it their counts are summed, which is right when each
     person is in one row (by home or role). Other columns are returned unchanged.
+
+    `totals_known=False` says that the total of a line without an `ALL` row is published
+    nowhere, in this table or any other: nothing can then be worked out by subtraction,
+    so a lone small row is suppressed without a complementary one. Crossed lines always
+    count their totals as known.
     """
     if not set(crossed) <= set(within):
         raise ValueError(f"crossed columns {list(crossed)} must be among within {list(within)}")
@@ -135,7 +141,7 @@ def protect(
     counts = rows[count_col].astype(int).to_numpy()
     members = list(rows[members_col]) if members_col else None
     hidden = np.array([too_small(int(n), threshold) for n in counts], dtype=bool)
-    lines = _lines(rows, within, total_col, crossed, counts)
+    lines = _lines(rows, within, total_col, crossed, counts, totals_known)
     while any([_complete(line, hidden, counts, members, threshold) for line in lines]):
         pass  # one line's new suppression can leave another line unsafe: repeat until stable
     out = table.astype({col: object for col in figure_cols})
@@ -149,6 +155,7 @@ class _Line:
 
     cells: list[int]
     totals: list[int]
+    total_known: bool = True
 
 
 def _lines(
@@ -157,12 +164,13 @@ def _lines(
     total_col: str | None,
     crossed: Sequence[str],
     counts: np.ndarray,
+    totals_known: bool = True,
 ) -> list[_Line]:
     """Every line of the table: along its breakdown, then along each crossed column."""
     keys = [*within, total_col] if total_col else list(within)
     specs = [(list(within), total_col)] + [([k for k in keys if k != d], d) for d in crossed]
     lines = []
-    for parents, dimension in specs:
+    for n, (parents, dimension) in enumerate(specs):
         for positions in _groups(rows, parents):
             is_total = (
                 rows[dimension].to_numpy()[positions] == ALL
@@ -170,7 +178,8 @@ def _lines(
                 else np.zeros(len(positions), dtype=bool)
             )
             cells = sorted(positions[~is_total], key=lambda i: (counts[i], i))
-            lines.append(_Line(cells=cells, totals=list(positions[is_total])))
+            known = totals_known or n > 0 or bool(is_total.any())
+            lines.append(_Line(cells, list(positions[is_total]), known))
     return lines
 
 
@@ -210,6 +219,8 @@ def _unsafe(
     threshold: int,
 ) -> bool:
     """Whether subtraction within the line could give away a suppressed figure."""
+    if not line.total_known:
+        return False
     if not suppressed:
         return any(hidden[t] for t in line.totals)
     if members is None:

@@ -65,11 +65,13 @@ FUNNEL_COLUMNS = ("stage", "count", "share")
 """The columns of `funnel` after the `by` columns: stage (invited, sent, delivered,
 started, completed), count (invitations), share (count / invited, 0-1)."""
 
-NOT_SUMMED = ("wave",)
+NOT_SUMMED = ("wave", "instrument")
 """Columns no carepulse output adds up across: each wave is reported on its own (a wave
-asks the same people again, so a total over waves counts invitations, not people). Lines
-along them are protected only when they are the last `by` column, whose "All" rows are
-then such a total. Every other `by` column is protected as a crossed dimension."""
+asks the same people again, so a total over waves counts invitations, not people), and
+so is each instrument (AAPOR rates are per questionnaire; a total would add up
+invitations to different surveys). Lines along them are protected only when they are
+the last `by` column and its "All" rows are shown (`totals`). Every other `by` column is
+protected as a crossed dimension."""
 
 _MEMBERS = "_members"
 
@@ -84,6 +86,9 @@ def response_rates(
     and 50%); call it yourself first for other settings. Columns: `by`, then
     `RESPONSE_RATE_COLUMNS`. Rows are sorted by group, each parent's "All" row (when
     `totals`) last. Numbers are unrounded.
+
+    With `totals=False` the parents' totals are taken to be published nowhere (a lone
+    small row is then suppressed without a complementary one): never show them elsewhere.
     """
     by = list(by)
     if not by:
@@ -104,6 +109,7 @@ def response_rates(
         total_col=by[-1],
         members_col=_MEMBERS,
         crossed=[column for column in by[:-1] if column not in NOT_SUMMED],
+        totals_known=totals,
     )
     return table[[*by, *RESPONSE_RATE_COLUMNS]]
 

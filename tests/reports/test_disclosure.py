@@ -232,3 +232,22 @@ def test_an_allowed_filter_returns_the_subset():
 
 def test_too_small_is_strictly_between_zero_and_the_threshold():
     assert [too_small(n, 5) for n in (0, 1, 4, 5, 6)] == [False, True, True, False, False]
+
+
+def test_a_lone_small_row_stands_alone_when_its_line_total_is_published_nowhere():
+    # Instruments of one wave: their total is shown in no output, so hiding the three
+    # managers' self-reports cannot be undone by subtraction and needs no partner.
+    table = pd.DataFrame(
+        [("staff_morale", 20, 16), ("manager_self_report", 3, 2), ("appraisal_360", 23, 19)],
+        columns=["home", "people", "completed"],
+    ).assign(wave="baseline")
+    alone = protected(table, totals_known=False)
+    assert list(alone["people"]) == [20, SUPPRESSED, 23]
+    # The same table whose total is known somewhere: the next smallest row must go too.
+    assert list(protected(table)["people"]) == [SUPPRESSED, SUPPRESSED, 23]
+
+
+def test_a_shown_total_is_known_whatever_the_caller_says():
+    table = homes_table([("Ash", 12, 9), ("Birch", 7, 3), ("Dene", 2, 2)])
+    result = protected(table, totals_known=False)
+    assert recoverable(result) == {"baseline": (9, 5)}  # Dene is not alone under All

@@ -266,3 +266,24 @@ def test_response_rates_of_stored_invitations(session, factory):
     assert [got[c] for c in ("I", "NC", "UH")] == [3, 3, 1]
     assert got["RR1"] == pytest.approx(3 / 7) and got["COOP1"] == 1
     assert (rows[ALL]["people"], rows[ALL]["I"], rows[ALL]["UH"]) == (15, 3, 9)
+
+
+def test_instruments_are_never_added_up_so_a_small_one_hides_only_itself():
+    staff = invitations({"Ash House": ["complete"] * 12 + ["ignored"] * 8})
+    managers = invitations({"Ash House": ["complete"] * 3}, instrument="manager_self_report")
+    frame = pd.concat([staff, managers], ignore_index=True)
+    by_instrument = rows_by(
+        response_rates(frame, ["wave", "instrument"], 5, totals=False), "instrument"
+    )
+    assert set(by_instrument) == {"staff_morale", "manager_self_report"}  # no "All" row
+    assert by_instrument["manager_self_report"]["invited"] == SUPPRESSED
+    assert (by_instrument["staff_morale"]["invited"], by_instrument["staff_morale"]["RR1"]) == (
+        20,
+        pytest.approx(0.6),
+    )
+    # Broken down by home, each instrument is its own line: the managers' rows do not
+    # drag the staff's down with them either.
+    by_home = response_rates(frame, ["wave", "instrument", "home"], 5)
+    staff_rows = by_home[by_home["instrument"] == "staff_morale"]
+    assert SUPPRESSED not in set(staff_rows["invited"])
+    assert ALL not in set(by_home["instrument"])
