@@ -3,7 +3,9 @@ high): by home or cohort and wave, and as a time series of pulse waves on an XmR
 
 A person counts once per group: their answers in a group are averaged first, then the
 group's mean and SD (sample SD, n - 1) are taken over people, so `n_respondents` is a
-count of people. A group of fewer people than the anonymity threshold is suppressed.
+count of people. A group of fewer people than the anonymity threshold is suppressed,
+together with as many of its neighbours (the other homes of the same wave) as it takes so
+that it cannot be worked out from a total published elsewhere (`reports.disclosure.protect`).
 Differences between waves are simple differences of means; pre/post statistics are
 `reports.prepost`'s.
 """
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from reports.disclosure import SUPPRESSED, too_small
+from reports.disclosure import SUPPRESSED, protect, too_small
 from reports.xmr import xmr
 
 INSTRUMENT = "staff_morale"
@@ -44,9 +46,13 @@ def morale_by_group(
     answers: pd.DataFrame, by: Sequence[str] = ("home", "wave"), threshold: int | None = None
 ) -> pd.DataFrame:
     """Mean morale per group of `by` (e.g. ("home", "wave") or ("cohort", "wave")):
-    n_respondents (distinct people), mean and SD; every figure of a group of fewer than
-    `threshold` people is `SUPPRESSED`. Waves come in the order they opened.
+    n_respondents (distinct people), mean and SD. Waves come in the order they opened.
     Columns: *by, then `MORALE_FIGURES`.
+
+    Every figure of a group of fewer than `threshold` people is `SUPPRESSED`, and so are
+    enough other groups with the same values of the later `by` columns (the other homes of
+    a wave) that the total of those groups, shown elsewhere (by cohort), less the groups
+    shown, reveals no small group.
 
     `threshold` is required (it defaults to None only so that `by` can keep its default
     before it): there is no safe default anonymity threshold to fall back on.
@@ -71,10 +77,7 @@ def morale_by_group(
     # Waves sort by when they opened, not by the alphabet of their keys.
     order = [("_opens" if k == "wave" else k) for k in keys]
     table = table.sort_values([*order, *keys]).reset_index(drop=True)
-    out = table[columns].astype(object)
-    small = table["n_respondents"].map(lambda n: too_small(int(n), threshold)).astype(bool)
-    out.loc[small, list(MORALE_FIGURES)] = SUPPRESSED
-    return out
+    return protect(table[columns], "n_respondents", MORALE_FIGURES, keys[1:], threshold)
 
 
 def pulse_series(answers: pd.DataFrame, threshold: int, by: str = "cohort") -> pd.DataFrame:

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from reports import dispositions, morale, prepost, scales, three_sixty, xmr
-from reports.disclosure import SUPPRESSED, protect, restrict_to
+from reports.disclosure import SUPPRESSED, restrict_to
 from reports.frames import (
     anonymity_threshold,
     answers_frame,
@@ -172,7 +172,7 @@ def build_report(session: Session, request: ReportRequest) -> Report:
         answers, items, min_raters(session, request.programme), threshold
     )
     for table_name, by in (("morale_by_home", "home"), ("morale_by_cohort", "cohort")):
-        tables[table_name] = _protected_morale(answers, by, threshold)
+        tables[table_name] = morale.morale_by_group(answers, (by, "wave"), threshold)
     pulse = morale.pulse_series(answers, threshold)
     tables["pulse"] = pulse
     return Report(
@@ -235,17 +235,6 @@ def _checked_filters(
     for frame in (invitations, answers):
         restrict_to(frame, _mask(frame, checked), threshold, _describe(checked))
     return checked
-
-
-def _protected_morale(answers: pd.DataFrame, by: str, threshold: int) -> pd.DataFrame:
-    """Morale by `by` and wave, with complementary suppression within each wave: a small
-    home hidden alone could be worked out from the wave's total minus the homes shown."""
-    # Threshold 1 suppresses nothing: `protect` needs the true counts, and does it all.
-    table = morale.morale_by_group(answers, (by, "wave"), 1)
-    if table.empty:
-        return table
-    figures = ["n_respondents", "mean", "sd"]
-    return protect(table, "n_respondents", figures, ["wave"], threshold)
 
 
 def _mask(frame: pd.DataFrame, filters: Mapping[str, str]) -> pd.Series:

@@ -46,25 +46,40 @@ def _home(home, values, first_person, wave="end", opens=END):
     return [_answer(first_person + i, v, wave, opens, home=home) for i, v in enumerate(values)]
 
 
-def test_morale_by_home_and_wave_with_a_small_home_suppressed():
+def test_morale_by_home_and_wave_with_small_homes_suppressed():
     rows = _home("Willow Court", [2, 3, 3, 4, 5], 1, "baseline", BASELINE)
     rows += _home("Willow Court", [4, 4, 5, 5, 3, 4], 1, "end", END)
     rows += _home("Elm House", [1, 2, 2], 20, "baseline", BASELINE)
+    rows += _home("Birch Lodge", [4, 5], 30, "baseline", BASELINE)
     # A manager's self-report answer is not morale, and must not be counted.
     rows.append(_answer(99, 1, instrument="manager_self_report", item_id="morale"))
     table = morale_by_group(pd.DataFrame(rows), threshold=5)
     assert list(table.columns) == ["home", "wave", *MORALE_FIGURES]
     # Homes by name, then waves in the order they opened.
     assert list(zip(table["home"], table["wave"], strict=True)) == [
+        ("Birch Lodge", "baseline"),
         ("Elm House", "baseline"),
         ("Willow Court", "baseline"),
         ("Willow Court", "end"),
     ]
-    willow = table.iloc[1]
+    willow = table.iloc[2]
     assert (willow["n_respondents"], willow["mean"]) == (5, 3.4)
     assert willow["sd"] == pytest.approx(statistics.stdev([2, 3, 3, 4, 5]))
-    elm = table.iloc[0]
-    assert (elm["n_respondents"], elm["mean"], elm["sd"]) == (SUPPRESSED,) * 3
+    # Birch (2) and Elm (3) are hidden together: 5 people between them, so the wave's
+    # total less Willow Court describes no smaller group.
+    for small in table.iloc[:2].to_dict("records"):
+        assert (small["n_respondents"], small["mean"], small["sd"]) == (SUPPRESSED,) * 3
+
+
+def test_a_lone_small_home_takes_the_next_smallest_with_it():
+    # Otherwise the cohort's morale (8 people, shown) less Willow Court's would give away
+    # Elm House's three answers.
+    rows = _home("Willow Court", [2, 3, 3, 4, 5], 1, "baseline", BASELINE)
+    rows += _home("Elm House", [1, 2, 2], 20, "baseline", BASELINE)
+    by_home = morale_by_group(pd.DataFrame(rows), ("home", "wave"), threshold=5)
+    assert list(by_home["n_respondents"]) == [SUPPRESSED, SUPPRESSED]
+    by_cohort = morale_by_group(pd.DataFrame(rows), ("cohort", "wave"), threshold=5)
+    assert list(by_cohort["n_respondents"]) == [8]
 
 
 def test_morale_by_cohort_and_wave_pools_the_homes():
@@ -166,16 +181,16 @@ def test_stored_morale_answers_read_through_the_frames(session, factory):
     from surveys.answers import complete_response, record_answer
     from surveys.invitations import open_wave
 
-    willow, elm = factory.home("Willow Court"), factory.home("Elm House")
-    for home, n in ((willow, 5), (elm, 2)):
+    willow, elm, birch = (factory.home(n) for n in ("Willow Court", "Elm House", "Birch Lodge"))
+    for home, n in ((willow, 5), (elm, 2), (birch, 3)):
         for _ in range(n):
             factory.person(home, role="care_worker")
     programme, wave = factory.programme(
-        [willow, elm], [("staff_morale", {"roles": ["care_worker"]}, "sms")]
+        [willow, elm, birch], [("staff_morale", {"roles": ["care_worker"]}, "sms")]
     )
     open_wave(session, wave, wave.opens_at)
     invitations = session.scalars(select(Invitation).order_by(Invitation.id)).all()
-    for invitation, value in zip(invitations, [2, 3, 3, 4, 5, 1, 1], strict=True):
+    for invitation, value in zip(invitations, [2, 3, 3, 4, 5, 1, 1, 2, 2, 2], strict=True):
         record_answer(session, invitation, "morale", value, "sms", wave.opens_at)
         complete_response(session, invitation, wave.opens_at)
     session.commit()
@@ -183,7 +198,8 @@ def test_stored_morale_answers_read_through_the_frames(session, factory):
     answers = answers_frame(session, programme.key)
     by_home = morale_by_group(answers, ("home", "wave"), 5).set_index("home")
     assert by_home.loc["Willow Court", ["n_respondents", "mean"]].tolist() == [5, 3.4]
-    assert by_home.loc["Elm House", "mean"] == SUPPRESSED
+    # Elm (2) and Birch (3) are hidden together, so the cohort less Willow reveals 5 people.
+    assert by_home.loc[["Elm House", "Birch Lodge"], "mean"].tolist() == [SUPPRESSED] * 2
     by_cohort = morale_by_group(answers, ("cohort", "wave"), 5)
-    assert by_cohort[["n_respondents", "mean"]].values.tolist() == [[7, pytest.approx(19 / 7)]]
+    assert by_cohort[["n_respondents", "mean"]].values.tolist() == [[10, pytest.approx(2.5)]]
     assert pulse_series(answers, 5).empty  # a baseline wave is not a pulse
