@@ -1,7 +1,8 @@
 """The evaluators' read-only JSON API, `/api/v1/` (described in `bot/openapi.yaml`).
 
 Every answer comes from `reports.service.build_report`, the same call as the dashboard and
-`carepulse report`, so the three always agree. Callers authenticate with an API token
+`carepulse report`, so the three always agree; like the dashboard's, a report is reused
+while the data it reads is unchanged (`reports.cache`). Callers authenticate with an API token
 (`Authorization: Bearer cp_...`, issued by `carepulse user token`) and see only the
 programmes their account is scoped to; a programme outside that scope is a 404, not a 403,
 so the API does not confirm that it exists.
@@ -21,6 +22,7 @@ from sqlalchemy import select
 
 from bot.access import can_see_programme, open_to, programme_keys_for, require_api_role
 from bot.audit_view import record_request, report_detail
+from bot.dashboard import report_cache
 from bot.db import get_session
 from reports.disclosure import SUPPRESSED, DisclosureError
 from reports.service import (
@@ -28,7 +30,6 @@ from reports.service import (
     Report,
     ReportError,
     ReportRequest,
-    build_report,
     programme_waves,
 )
 from storage.models import Programme
@@ -98,7 +99,8 @@ def _report(key: str) -> Report:
     if not can_see_programme(g.account, key):
         abort(404, f"there is no programme {key!r}")
     try:
-        return build_report(get_session(), ReportRequest.from_query(key, request.args))
+        wanted = ReportRequest.from_query(key, request.args)
+        return report_cache().report(get_session(), wanted)
     except DisclosureError as exc:
         abort(403, str(exc))
     except ReportError as exc:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import io
 import tempfile
-import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 from flask import (
     Blueprint,
@@ -32,11 +29,11 @@ from bot.audit_view import record_request, report_detail
 from bot.db import get_session
 from bot.summary import pseudonym_key
 from reports import report_charts, three_sixty
+from reports.cache import ReportCache
 from reports.disclosure import DisclosureError
 from reports.export import wide_answers, write_csv, write_workbook
 from reports.frames import (
     answers_frame,
-    data_version,
     items_frame,
     min_raters,
     subjects_rated,
@@ -47,7 +44,6 @@ from reports.service import (
     Report,
     ReportError,
     ReportRequest,
-    build_report,
     programme_waves,
 )
 from storage.models import Person, Programme
@@ -225,9 +221,10 @@ def _require_programme(key: str) -> None:
         abort(404, f"there is no programme {key!r}")
 
 
-_CACHE: OrderedDict[tuple[Any, ...], Report] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 16
+def report_cache() -> ReportCache:
+    """This app's cache of built reports, shared by the dashboard and the API (one per app:
+    another app's database may hold data with the same fingerprint)."""
+    return current_app.extensions.setdefault("carepulse.report_cache", ReportCache())
 
 
 def _report(key: str) -> Report:
@@ -235,18 +232,7 @@ def _report(key: str) -> Report:
     and its charts would otherwise build the same report four times."""
     _require_programme(key)
     wanted = ReportRequest.from_query(key, request.args)
-    session = get_session()
-    cache_key = (key, tuple(sorted(request.args.items())), data_version(session, key))
-    with _CACHE_LOCK:
-        if cache_key in _CACHE:
-            _CACHE.move_to_end(cache_key)
-            return _CACHE[cache_key]
-    built = build_report(session, wanted)
-    with _CACHE_LOCK:
-        _CACHE[cache_key] = built
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return built
+    return report_cache().report(get_session(), wanted)
 
 
 def _report_or_abort(key: str) -> Report:

@@ -27,6 +27,10 @@ from storage.models import (
 )
 
 FUNNEL_STAGES = ("sent", "delivered", "started", "completed")
+REPORT_CHANGING_ACTIONS = ("person_erase", "retention_purge")
+"""Audit actions whose work changes what a report reads without adding an answer,
+invitation or status change (erasure detaches or deletes answers; a purge removes
+people's details): `data_version` counts these events and no others."""
 INVITATION_COLUMNS = [
     "invitation_id",
     "programme",
@@ -277,18 +281,21 @@ def data_version(session: Session, programme_key: str) -> tuple[Any, ...]:
     # Each page view pays for this: only maxima of primary keys (index lookups), no counts
     # or scans of the answers. Every change a report can see adds a row to one of these
     # tables: an answer, an invitation, a status change (a survey completing), an audit
-    # event (an erasure or a purge writes one); people and waves are small tables.
+    # event of an erasure or a purge; people and waves are small tables. Other audit
+    # events (every report view and API pull writes one) must not count, or no report
+    # would ever be reused.
+    changes_data = AuditEvent.action.in_(REPORT_CHANGING_ACTIONS)
     aggregates = [
-        func.max(Answer.id),
-        func.max(Invitation.id),
-        func.max(InvitationEvent.id),
-        func.max(AuditEvent.id),
-        func.max(Person.updated_at),
-        func.count(Wave.id),
-        func.max(Wave.opens_at),
-        func.max(Wave.closes_at),
+        select(func.max(Answer.id)),
+        select(func.max(Invitation.id)),
+        select(func.max(InvitationEvent.id)),
+        select(func.max(AuditEvent.id)).where(changes_data),
+        select(func.max(Person.updated_at)),
+        select(func.count(Wave.id)),
+        select(func.max(Wave.opens_at)),
+        select(func.max(Wave.closes_at)),
     ]
-    row = session.execute(select(*(select(a).scalar_subquery() for a in aggregates))).one()
+    row = session.execute(select(*(a.scalar_subquery() for a in aggregates))).one()
     settings = repr(sorted((programme.settings or {}).items()))
     return (programme.id, programme.anonymity_threshold, settings, *row)
 

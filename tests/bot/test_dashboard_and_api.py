@@ -274,3 +274,21 @@ def test_a_filter_naming_nothing_and_the_same_wave_twice_are_clear_errors(client
 
 def _signed_in(client, email: str) -> None:
     assert sign_in(client, email).status_code == 303
+
+
+def test_api_pulls_share_one_build_and_each_is_audited(app, client, session, demo):
+    from bot.dashboard import report_cache
+    from storage.models import AuditEvent
+
+    def builds() -> int:
+        with app.app_context():
+            return report_cache().builds
+
+    token = demo["evaluator"]
+    before = builds()
+    first = _api(client, f"/programmes/{KEY}/report", token).get_json()
+    table = _api(client, f"/programmes/{KEY}/tables/prepost", token).get_json()
+    assert builds() == before + 1  # the table came from the same build
+    assert table["tables"]["prepost"] == first["tables"]["prepost"]
+    pulls = session.scalars(select(AuditEvent).where(AuditEvent.action == "api_pull")).all()
+    assert len(pulls) == 2  # reused or not, every pull is in the audit log

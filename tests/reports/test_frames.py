@@ -25,6 +25,9 @@ def test_the_fingerprint_changes_exactly_when_a_report_could(session, factory):
     session.flush()
     opened = data_version(session, programme.key)
     assert opened != before
+    record(session, "report_view", actor="eval@example.org")  # reading changes nothing
+    session.flush()
+    assert data_version(session, programme.key) == opened
     record(session, "retention_purge", actor="system")  # an erasure or purge writes one
     session.flush()
     assert data_version(session, programme.key) != opened
