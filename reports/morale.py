@@ -80,7 +80,12 @@ def morale_by_group(
     return protect(table[columns], "n_respondents", MORALE_FIGURES, keys[1:], threshold)
 
 
-def pulse_series(answers: pd.DataFrame, threshold: int, by: str = "cohort") -> pd.DataFrame:
+def pulse_series(
+    answers: pd.DataFrame,
+    threshold: int,
+    by: str = "cohort",
+    invitations: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Mean morale per pulse wave (waves of kind "pulse"), one series per value of `by`
     in the order the waves opened, with the series' XmR centre line, limits and signals
     (see `reports.xmr`).
@@ -89,12 +94,14 @@ def pulse_series(answers: pd.DataFrame, threshold: int, by: str = "cohort") -> p
     n_respondents and mean are `SUPPRESSED` and it is left out of the limits. `label` is
     the date the wave opened ("1 March 2027"); `signals` names the rules that flag the
     point, comma-separated ("" if none). Columns: `by`, then `PULSE_FIGURES`.
+
+    With `invitations` (`reports.frames.invitations_frame`), a pulse wave that asked
+    morale but got no answer is a point too, with 0 respondents and no mean: a gap in the
+    chart, not a month that silently never happened.
     """
     pulses = answers.loc[answers["wave_kind"] == PULSE]
     people = _person_scores(pulses, [by, "wave"])
     columns = [by, *PULSE_FIGURES]
-    if people.empty:
-        return pd.DataFrame(columns=columns)
     points = (
         people.groupby([by, "wave"])
         .agg(
@@ -103,10 +110,33 @@ def pulse_series(answers: pd.DataFrame, threshold: int, by: str = "cohort") -> p
             mean=("score", "mean"),
         )
         .reset_index()
-        .sort_values([by, "wave_opens_at", "wave"])
     )
+    if invitations is not None:
+        points = _with_unanswered_waves(points, invitations, by)
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    points = points.sort_values([by, "wave_opens_at", "wave"])
     series = [_charted(group, threshold) for _, group in points.groupby(by, sort=True)]
     return pd.concat(series, ignore_index=True)[columns]
+
+
+def _with_unanswered_waves(
+    points: pd.DataFrame, invitations: pd.DataFrame, by: str
+) -> pd.DataFrame:
+    """`points` plus a 0-respondent point for each pulse wave that asked morale of
+    someone in `by`'s group and has no answer there."""
+    asked = invitations.loc[
+        (invitations["wave_kind"] == PULSE) & (invitations["instrument"] == INSTRUMENT),
+        [by, "wave", "wave_opens_at"],
+    ]
+    asked = asked.astype({by: "str", "wave": "str"}).drop_duplicates([by, "wave"])
+    answered = points.astype({by: "str", "wave": "str"})
+    missing = asked.merge(answered[[by, "wave"]], on=[by, "wave"], how="left", indicator=True)
+    missing = missing.loc[missing["_merge"] == "left_only", [by, "wave", "wave_opens_at"]]
+    if missing.empty:
+        return points
+    missing = missing.assign(n_respondents=0, mean=float("nan"))
+    return pd.concat([answered, missing], ignore_index=True)
 
 
 def _person_scores(answers: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -173,7 +173,7 @@ def build_report(session: Session, request: ReportRequest) -> Report:
     )
     for table_name, by in (("morale_by_home", "home"), ("morale_by_cohort", "cohort")):
         tables[table_name] = morale.morale_by_group(answers, (by, "wave"), threshold)
-    pulse = morale.pulse_series(answers, threshold)
+    pulse = morale.pulse_series(answers, threshold, invitations=invitations)
     tables["pulse"] = pulse
     return Report(
         programme=request.programme,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from reports.disclosure import SUPPRESSED
+from reports.frames import ANSWER_COLUMNS
 from reports.morale import MORALE_FIGURES, PULSE_FIGURES, morale_by_group, pulse_series
 from reports.xmr import xmr
 
@@ -164,6 +165,45 @@ def test_pulse_series_marks_the_points_that_signal():
     assert series["mean"].iloc[6] == pytest.approx(4.6)
     assert series["signals"].iloc[6] == "beyond_limits"
     assert set(series["signals"].drop(index=6)) == {""}
+
+
+def _asked(months, cohort="c1"):
+    """The invitations of monthly pulse waves (what the frames give), one per month."""
+    return pd.DataFrame(
+        [
+            {
+                "cohort": cohort,
+                "wave": f"pulse-{opens:%Y-%m-%d}",
+                "wave_kind": "pulse",
+                "wave_opens_at": opens,
+                "instrument": "staff_morale",
+            }
+            for opens in PULSES[:months]
+        ]
+    )
+
+
+def test_a_pulse_wave_nobody_answered_is_a_gap_not_a_missing_month():
+    months = [LOW, HIGH, [], LOW]  # March asked, never answered (a failed send, say)
+    series = pulse_series(pd.DataFrame(_pulse_rows(months)), 5, invitations=_asked(4))
+    assert list(series["label"]) == [
+        "1 January 2027",
+        "1 February 2027",
+        "1 March 2027",
+        "1 April 2027",
+    ]
+    march = series.iloc[2]
+    assert march["n_respondents"] == 0 and pd.isna(march["mean"])
+    # The gap is left out of the limits: the centre line is that of the three answered months.
+    assert series["centre"].iloc[0] == pytest.approx((3.2 + 3.4 + 3.2) / 3)
+    # Without the invitations, March would silently vanish from the chart.
+    assert len(pulse_series(pd.DataFrame(_pulse_rows(months)), 5)) == 3
+
+
+def test_pulse_waves_asked_but_never_answered_still_make_a_series():
+    nothing = pd.DataFrame(columns=ANSWER_COLUMNS)  # what answers_frame gives before any answer
+    series = pulse_series(nothing, 5, invitations=_asked(2))
+    assert list(series["n_respondents"]) == [0, 0]
 
 
 def test_pulse_series_one_per_cohort():
