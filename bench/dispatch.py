@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import secrets
 import signal
 import subprocess
 import sys
@@ -43,8 +42,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make the project importable
-    sys.path.insert(0, str(ROOT))
+# Run as a script, this file's folder comes first on sys.path, and bench/reports.py would
+# hide the `reports` package: the project's root goes first instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from bench.database import (  # noqa: E402  (after the path fix above)
+    migrate_fresh,
+    psycopg_url,
+    queue_texts,
+    sms_wave,
+    vacuum_analyze,
+)
 
 ACCOUNT_SID = "AC" + "d" * 32
 AUTH_TOKEN = "bench-auth-token-0123456789abcdef"
@@ -81,43 +90,17 @@ print(json.dumps({"cpu": time.process_time() - start_cpu, "sent": report.sent}))
 """
 
 
-def _database_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
 def set_up(url: str, count: int, conversation: bool, reset: bool) -> None:
     """Migrate; `count` care workers, each with a pending SMS invitation and a queued row."""
-    from sqlalchemy import insert, inspect, select, text
+    from sqlalchemy import insert, select
 
     from storage import db as storage_db
-    from storage.models import (
-        CareHome,
-        Cohort,
-        Invitation,
-        OutboxItem,
-        Person,
-        Programme,
-        Wave,
-        WaveInstrument,
-    )
+    from storage.models import CareHome, Cohort, Person, Programme
     from surveys.catalogue import ensure_version
     from surveys.instruments import load_library
-    from surveys.outbox import outbox_key
 
     engine = storage_db.make_engine(url)
-    if engine.dialect.name != "postgresql":
-        raise SystemExit(f"bench: needs PostgreSQL, not {engine.dialect.name} (see --help)")
-    tables = inspect(engine).get_table_names()
-    if tables and not reset:
-        raise SystemExit("bench: the database has tables; use a fresh one or pass --reset")
-    if tables:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    storage_db.upgrade(engine)
+    migrate_fresh(engine, reset)
     now = dt.datetime.now(dt.UTC)
     with storage_db.make_sessionmaker(engine)() as session:
         home = CareHome(key="bench home", name="Bench Home")
@@ -125,23 +108,9 @@ def set_up(url: str, count: int, conversation: bool, reset: bool) -> None:
         programme = Programme(key="bench", name="Bench", timezone="UTC", settings={})
         programme.settings = {"send_window": {"start": "00:00", "end": "23:59"}}
         cohort = Cohort(programme=programme, key="c1", name="Cohort 1", homes=[home])
-        wave = Wave(
-            cohort=cohort,
-            key="baseline",
-            kind="baseline",
-            name="Baseline",
-            opens_at=now - dt.timedelta(hours=1),
-            closes_at=now + dt.timedelta(days=7),
-            opened_at=now,
-        )
-        wave.instruments.append(
-            WaveInstrument(
-                instrument_version=ensure_version(session, load_library()["staff_morale"]),
-                audience={"roles": ["care_worker"]},
-                channel="sms",
-                sms_mode="conversation" if conversation else "link",
-            )
-        )
+        version = ensure_version(session, load_library()["staff_morale"])
+        mode = "conversation" if conversation else "link"
+        wave = sms_wave(cohort, now, version, {"roles": ["care_worker"]}, mode, opened=True)
         session.add(programme)
         session.flush()
         session.execute(
@@ -159,41 +128,9 @@ def set_up(url: str, count: int, conversation: bool, reset: bool) -> None:
             ],
         )
         people = session.scalars(select(Person.id).order_by(Person.id)).all()
-        version = wave.instruments[0].instrument_version_id
-        session.execute(
-            insert(Invitation),
-            [
-                {
-                    "wave_id": wave.id,
-                    "instrument_version_id": version,
-                    "person_id": person_id,
-                    "channel": "sms",
-                    "token": secrets.token_urlsafe(24),
-                    "status": "pending",
-                    "created_at": now,
-                    "status_changed_at": now,
-                }
-                for person_id in people
-            ],
-        )
-        invitations = session.scalars(select(Invitation.id).order_by(Invitation.id)).all()
-        session.execute(
-            insert(OutboxItem),
-            [
-                {
-                    "key": outbox_key(invitation_id, "invitation"),
-                    "invitation_id": invitation_id,
-                    "purpose": "invitation",
-                    "channel": "sms",
-                    "status": "queued",
-                    "not_before": now,
-                }
-                for invitation_id in invitations
-            ],
-        )
+        queue_texts(session, wave.id, version.id, people, now, not_before=now)
         session.commit()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    vacuum_analyze(engine)
     engine.dispose()
 
 
@@ -331,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.database_url:
         raise SystemExit("bench: no database; run under scripts/with-postgres or --database-url")
-    url = _database_url(args.database_url)
+    url = psycopg_url(args.database_url)
     plain_count = args.plain_messages or args.messages
 
     started = time.perf_counter()

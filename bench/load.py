@@ -77,24 +77,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
-from bench.webhook import (  # noqa: E402  (after the path fix above)
+from bench.database import (  # noqa: E402  (after the path fix above)
+    STAFF_ROLES,
+    add_database_arguments,
+    migrate_fresh,
+    mobiles,
+    open_conversations,
+    postmaster_pid,
+    psycopg_url,
+    queue_texts,
+    server_version,
+    sms_wave,
+    vacuum_analyze,
+)
+from bench.harness import (  # noqa: E402
     ACCOUNT_SID,
     ANSWERS,
-    STAFF_ROLES,
     WEBHOOK_PATH,
     Connection,
+    CpuSampler,
     Gunicorn,
-    LoadResult,
-    _busy_ticks,
-    _database_url,
-    _die_with_parent,
-    _pg_version,
-    _proc_times,
-    _timeline,
-    _tree,
-    mobiles,
+    die_with_parent,
+    p99_timeline,
     percentile,
-    postmaster_pid,
+    run_as_script,
     signed_webhook,
 )
 
@@ -130,16 +136,13 @@ class SetUp:
 
 def set_up(url: str, homes: int, staff: int, messages: int, reset: bool) -> SetUp:
     """The conversations (as bench/webhook.py's, rating a manager), the outbox, the evaluator."""
-    from sqlalchemy import text
-
     from storage import db as storage_db
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     engine = storage_db.make_engine(url)
     try:
-        _empty_database(engine, reset)
-        storage_db.upgrade(engine)
+        migrate_fresh(engine, reset)
         with storage_db.make_sessionmaker(engine)() as session:
             numbers = start_conversations(session, homes, staff)
             session.commit()
@@ -150,28 +153,11 @@ def set_up(url: str, homes: int, staff: int, messages: int, reset: bool) -> SetU
                 queue_link_texts(session, dispatch_numbers)
             api_token = evaluator_token(session)
             session.commit()
-        # A steady state, as a database in service would be: no autovacuum of the fresh
-        # tables competing with the measurement, and planner statistics that know the sizes.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE"))
+        vacuum_analyze(engine)
     finally:
         engine.dispose()
     timings["outbox + evaluator + vacuum"] = time.perf_counter() - started
     return SetUp(numbers, dispatch_numbers, api_token, timings)
-
-
-def _empty_database(engine: Any, reset: bool) -> None:
-    from sqlalchemy import inspect, text
-
-    if engine.dialect.name != "postgresql":
-        raise SystemExit(f"bench: needs PostgreSQL, not {engine.dialect.name} (see --help)")
-    tables = inspect(engine).get_table_names()
-    if tables and not reset:
-        raise SystemExit("bench: the database has tables; use a fresh one or pass --reset")
-    if tables:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
 
 
 def start_conversations(session: Any, homes: int, staff: int) -> list[str]:
@@ -180,11 +166,9 @@ def start_conversations(session: Any, homes: int, staff: int) -> list[str]:
     opened (status `sent`). The staff's mobiles, which these conversations answer from."""
     from sqlalchemy import insert, select
 
-    from storage.models import CareHome, Cohort, Invitation, Person, Programme, Wave, WaveInstrument
+    from storage.models import CareHome, Cohort, Person, Programme
     from surveys.catalogue import ensure_version
     from surveys.instruments import load_library
-    from surveys.invitations import open_wave, set_status
-    from surveys.sms_inbox import opening
 
     now = dt.datetime.now(dt.UTC)
     session.execute(
@@ -202,30 +186,14 @@ def start_conversations(session: Any, homes: int, staff: int) -> list[str]:
     session.execute(insert(Person), people)
     programme = Programme(key=PROGRAMME, name="Bench programme", settings={})
     cohort = Cohort(programme=programme, key="c1", name="Cohort 1")
-    wave = Wave(
-        cohort=cohort,
-        key="baseline",
-        kind="baseline",
-        name="Baseline",
-        opens_at=now - dt.timedelta(hours=1),
-        closes_at=now + dt.timedelta(days=7),
-    )
+    version = ensure_version(session, load_library()["appraisal_360"])
     raters = {"staff": sorted(set(STAFF_ROLES))}
-    wave.instruments.append(
-        WaveInstrument(
-            instrument_version=ensure_version(session, load_library()["appraisal_360"]),
-            audience={"subject_role": "manager", "raters": raters},
-            channel="sms",
-            sms_mode="conversation",
-        )
-    )
+    audience = {"subject_role": "manager", "raters": raters}
+    wave = sms_wave(cohort, now, version, audience, "conversation")
     cohort.homes = list(session.scalars(select(CareHome).order_by(CareHome.id)))
     session.add(programme)
     session.flush()
-    open_wave(session, wave, now)
-    for invitation in session.scalars(select(Invitation).where(Invitation.wave_id == wave.id)):
-        opening(invitation)
-        set_status(invitation, "sent", now)
+    open_conversations(session, wave, now)
     return [p["mobile"] for p in people if p["mobile"]]
 
 
@@ -249,7 +217,7 @@ def queue_link_texts(session: Any, numbers: list[str]) -> None:
     `staff_morale` link text queued in the outbox (as bench/dispatch.py queues them)."""
     from sqlalchemy import select
 
-    from storage.models import CareHome, Cohort, Programme, Wave, WaveInstrument
+    from storage.models import CareHome, Cohort, Programme
     from surveys.catalogue import ensure_version
     from surveys.instruments import load_library
 
@@ -263,23 +231,7 @@ def queue_link_texts(session: Any, numbers: list[str]) -> None:
         for h in range(math.ceil(len(numbers) / 100))
     ]
     cohort = Cohort(programme=programme, key="c2", name="Cohort 2", homes=homes)
-    wave = Wave(
-        cohort=cohort,
-        key="baseline",
-        kind="baseline",
-        name="Baseline",
-        opens_at=now - dt.timedelta(hours=1),
-        closes_at=now + dt.timedelta(days=7),
-        opened_at=now,
-    )
-    wave.instruments.append(
-        WaveInstrument(
-            instrument_version=version,
-            audience={"roles": ["care_worker"]},
-            channel="sms",
-            sms_mode="link",
-        )
-    )
+    wave = sms_wave(cohort, now, version, {"roles": ["care_worker"]}, "link", opened=True)
     session.add(cohort)
     session.flush()
     _queue_invitations(session, wave.id, version.id, [h.id for h in homes], numbers, now)
@@ -297,8 +249,7 @@ def _queue_invitations(
     text queued in the outbox, inserted in bulk as bench/dispatch.py does."""
     from sqlalchemy import insert, select
 
-    from storage.models import Invitation, OutboxItem, Person
-    from surveys.outbox import outbox_key
+    from storage.models import Person
 
     people = [
         {
@@ -316,35 +267,8 @@ def _queue_invitations(
     person_ids = session.scalars(
         select(Person.id).where(Person.mobile.in_(numbers)).order_by(Person.id)
     ).all()
-    invitations = [
-        {
-            "wave_id": wave_id,
-            "instrument_version_id": version_id,
-            "person_id": person_id,
-            "channel": "sms",
-            "token": secrets.token_urlsafe(24),
-            "status": "pending",
-            "created_at": now,
-            "status_changed_at": now,
-        }
-        for person_id in person_ids
-    ]
-    session.execute(insert(Invitation), invitations)
-    invitation_ids = session.scalars(
-        select(Invitation.id).where(Invitation.wave_id == wave_id).order_by(Invitation.id)
-    ).all()
-    rows = [
-        {
-            "key": outbox_key(invitation_id, "invitation"),
-            "invitation_id": invitation_id,
-            "purpose": "invitation",
-            "channel": "sms",
-            "status": "queued",
-            "not_before": now + HELD,  # until the load starts: see release_outbox
-        }
-        for invitation_id in invitation_ids
-    ]
-    session.execute(insert(OutboxItem), rows)
+    # Held until the load starts: see release_outbox.
+    queue_texts(session, wave_id, version_id, person_ids, now, not_before=now + HELD)
 
 
 def evaluator_token(session: Any) -> str:
@@ -399,7 +323,7 @@ def system_env(web: Gunicorn, fake_url: str) -> dict[str, str]:
 
 class ProcfileWeb(Gunicorn):
     """The Procfile's `web` command itself (gunicorn "bot:create_app()"), bound to
-    127.0.0.1 rather than 0.0.0.0; bench/webhook.py's Gunicorn otherwise."""
+    127.0.0.1 rather than 0.0.0.0; bench.harness's Gunicorn otherwise."""
 
     def start(self, timeout: float = 30.0) -> None:
         command = procfile_command("web").replace("0.0.0.0", "127.0.0.1")
@@ -419,17 +343,9 @@ class ProcfileWeb(Gunicorn):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our Ctrl-C is handled here, then gunicorn stopped
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
-        deadline = time.monotonic() + timeout
-        conn = Connection("127.0.0.1", self.port, 2.0)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if conn.request("GET", "/healthz", None, {}) == 200:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not healthy within {timeout:.0f}s:\n{self.log_tail()}")
+        self.wait_healthy(timeout)
 
     def log_count(self, text: str) -> int:
         """Lines of gunicorn's error log that contain `text`."""
@@ -472,7 +388,7 @@ class Dispatcher:
             )
 
     def _in_child(self) -> None:
-        _die_with_parent()
+        die_with_parent()
         if self.nice:  # a lower CPU priority than the web workers', when asked
             os.nice(self.nice)
             # With autogroup scheduling (Linux's default), CPU is shared between sessions
@@ -728,51 +644,6 @@ def report_layer_seconds(url: str, repeats: int) -> dict[str, float]:
     return {**{k: statistics.median(v) for k, v in times.items()}, **rows}
 
 
-# --------------------------------------------------------------------------- CPU
-
-
-class CpuByPart:
-    """Cores' worth of CPU used by each part of the system, sampled once a second from
-    /proc, and by the machine's other processes (whatever else runs on this machine)."""
-
-    def __init__(self, parts: dict[str, int]) -> None:
-        self.parts = parts  # label -> root pid; a process counts for the first tree it is in
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.used: dict[str, list[float]] = defaultdict(list)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> CpuByPart:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        last = (time.monotonic(), _busy_ticks(), _proc_times())
-        while not self._stop.wait(1.0):
-            now = (time.monotonic(), _busy_ticks(), _proc_times())
-            seconds, ours, taken = now[0] - last[0], 0.0, set()
-            for label, root in self.parts.items():
-                members = _tree(now[2], {root}) - taken
-                taken |= members
-                ticks = sum(now[2][p][1] - last[2][p][1] for p in members if p in last[2])
-                self.used[label].append(ticks / self.tick / seconds)
-                ours += ticks / self.tick
-            busy = (now[1] - last[1]) / self.tick
-            self.used["other processes"].append(max(0.0, busy - ours) / seconds)
-            last = now
-
-    def mean(self, label: str) -> float:
-        values = self.used.get(label) or [math.nan]
-        return sum(values) / len(values)
-
-    def peak(self, label: str) -> float:
-        return max(self.used.get(label) or [math.nan])
-
-
 # --------------------------------------------------------------------------- checks
 
 
@@ -1002,7 +873,7 @@ class Results:
     plan: Plan
     run: WebhookRun
     pulls: list[Pull]
-    cpu: CpuByPart
+    cpu: CpuSampler
     answers: AnswerCheck
     dispatch: dict[str, Any]
     drained_after: float | None
@@ -1034,7 +905,7 @@ def run_load(
     dispatcher: Dispatcher | None,
     plan: Plan,
     api_token: str,
-) -> tuple[WebhookRun, list[Pull], CpuByPart, float]:
+) -> tuple[WebhookRun, list[Pull], CpuSampler, float]:
     """Webhooks, dispatch and report pulls at once; CPU sampled while the webhooks run."""
     start_at = time.time() + 3.0  # the generator's process starts meanwhile
     spec = SenderSpec(web.port, plan.requests, args.rate, start_at)
@@ -1052,14 +923,14 @@ def run_load(
         evaluator.start()
     assert web.proc is not None
     parts = {
-        "gunicorn (web, 2 workers)": web.proc.pid,
-        "dispatcher": dispatcher.proc.pid if dispatcher and dispatcher.proc else -1,
-        "PostgreSQL": postmaster_pid(url) or -1,
-        "load generator": sender.pid,
-        "bench (fake Twilio, evaluator)": os.getpid(),
+        "gunicorn (web, 2 workers)": {web.proc.pid},
+        "dispatcher": {dispatcher.proc.pid if dispatcher and dispatcher.proc else -1},
+        "PostgreSQL": {postmaster_pid(url) or -1},
+        "load generator": {sender.pid},
+        "bench (fake Twilio, evaluator)": {os.getpid()},
     }
     try:
-        with CpuByPart(parts) as cpu:
+        with CpuSampler(parts) as cpu:
             run = results.get(timeout=args.seconds + ANSWER_LIMIT + 60)
     finally:
         stop.set()
@@ -1178,7 +1049,7 @@ def webhook_rows(args: argparse.Namespace, r: Results) -> list[tuple[str, str]]:
         ("latency p50 / p95 / p99", f"{_ms(latencies, 50):.1f} / {_ms(latencies, 95):.1f} / "
                                     f"{_ms(latencies, 99):.1f} ms"),
         ("latency max", f"{_ms(latencies, 100):.1f} ms"),
-        ("p99 per 5 s window", _timeline(LoadResult(samples))),
+        ("p99 per 5 s window", p99_timeline(samples)),
         ("non-2xx (or over 15 s)", f"{len(r.run.samples) - ok} ({_failures(outcomes)})"),
         ("5xx", f"{sum(n for s, n in outcomes.items() if s >= 500)}"),
         ("generator late dispatches", f"{r.run.late_dispatches}"),
@@ -1309,12 +1180,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench/load.py",
         description="The whole system under load (run under scripts/with-postgres).",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("CAREPULSE_PG_URL"),
-        help="PostgreSQL URL (default: $CAREPULSE_PG_URL, set by scripts/with-postgres)",
-    )
-    parser.add_argument("--reset", action="store_true", help="DROP every table first")
+    add_database_arguments(parser)
     parser.add_argument("--rate", type=float, default=100.0, help="inbound texts/s (100)")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of the load (60)")
     parser.add_argument(
@@ -1355,12 +1221,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Set up, run the load, check, print; see the module docstring for the exit status."""
     args = parse_args(argv)
-    url = _database_url(args.database_url)
+    url = psycopg_url(args.database_url)
     began = time.perf_counter()
     print(
         f"bench: {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), "
         f"{platform.machine()}, Python {platform.python_version()}, PostgreSQL "
-        f"{_pg_version(url)}, load average {os.getloadavg()[0]:.2f}"
+        f"{server_version(url).split()[0]}, load average {os.getloadavg()[0]:.2f}"
     )
     print(f"bench: set-up: {args.homes} x {args.staff} people in SMS conversations, "
           f"{args.messages} queued texts, an evaluator ...")  # fmt: skip
@@ -1374,15 +1240,5 @@ def main(argv: list[str] | None = None) -> int:
     return verdict(args, results)
 
 
-def _on_term(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGHUP, _on_term)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # gunicorn, the dispatcher and the generator were stopped
-        print("bench: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main)

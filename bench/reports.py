@@ -62,6 +62,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402  (after the path fix above)
 import pandas as pd  # noqa: E402
 
+from bench.database import (  # noqa: E402  (after the path fix above)
+    migrate_fresh,
+    psycopg_url,
+    server_version,
+    vacuum_analyze,
+)
+
 PROGRAMME_KEY = "bench"
 RATIO_TARGET = 3.0
 MEMORY_TARGET_MB = 1024.0
@@ -107,13 +114,6 @@ home only) would not pair: the invitations are written by the benchmark itself."
 
 
 # --------------------------------------------------------------------------- the programme
-
-
-def _database_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 def roster(homes: int, groups: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -560,26 +560,17 @@ def _copy_all(engine: Any, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
 def set_up(url: str, homes: int, groups: int, seed: int, reset: bool) -> dict[str, Any]:
     """Migrate, declare the programme, COPY the bulk tables, VACUUM ANALYZE; timings and
     row counts."""
-    from sqlalchemy import inspect, text
-
     from storage import db as storage_db
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     engine = storage_db.make_engine(url)
-    if engine.dialect.name != "postgresql":
-        raise SystemExit(f"bench: needs PostgreSQL, not {engine.dialect.name} (see --help)")
-    tables = inspect(engine).get_table_names()
-    if tables and not reset:
-        raise SystemExit(
-            f"bench: the database already has tables ({', '.join(sorted(tables)[:4])} ...); "
-            "use a fresh one (scripts/with-postgres), --reuse it, or --reset to DROP them all"
-        )
-    if tables:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    storage_db.upgrade(engine)
+    migrate_fresh(
+        engine,
+        reset,
+        "bench: the database already has tables ({tables} ...); "
+        "use a fresh one (scripts/with-postgres), --reuse it, or --reset to DROP them all",
+    )
     timings["migrate"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -591,8 +582,7 @@ def set_up(url: str, homes: int, groups: int, seed: int, reset: bool) -> dict[st
 
     timings.update(_copy_all(engine, tables_data))
     started = time.perf_counter()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    vacuum_analyze(engine)
     timings["vacuum analyze"] = time.perf_counter() - started
     engine.dispose()
     counts = {table: len(frame) for table, frame in tables_data.items()}
@@ -741,14 +731,8 @@ def machine(url: str) -> str:
     """The facts a reader needs to compare runs: cores, CPU, memory, versions, load."""
     import psycopg
     import sqlalchemy
-    from sqlalchemy import text
 
-    from storage import db as storage_db
-
-    engine = storage_db.make_engine(url)
-    with engine.connect() as conn:
-        server = conn.scalar(text("SHOW server_version"))
-    engine.dispose()
+    server = server_version(url)
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -798,7 +782,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Set up, measure, print the report; see the module docstring."""
     args = parse_args(argv)
-    url = _database_url(args.database_url)
+    url = psycopg_url(args.database_url)
     if args.measure == "profile":
         profile_report(url, args.top)
         return 0

@@ -34,10 +34,7 @@ throwaway databases such as scripts/with-postgres's.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime as dt
-import http.client
 import math
 import multiprocessing as mp
 import os
@@ -46,89 +43,75 @@ import queue
 import random
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make `bench` (and the project) importable
-    sys.path.insert(0, str(ROOT))
+# Run as a script, this file's folder comes first on sys.path, and bench/reports.py would
+# hide the `reports` package: the project's root goes first instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 
-ACCOUNT_SID = "AC" + "b" * 32
-TWILIO_NUMBER = "+447700999999"
-STAFF_ROLES = ["care_worker"] * 65 + ["senior_care_worker"] * 20 + ["nurse"] * 12
-STAFF_ROLES += ["deputy_manager"] * 3
-# What care workers reply to "Q3/11 My manager ... Reply 1-5 or SKIP": mostly a number,
-# sometimes words, now and then something unclear (re-asked, nothing stored) or SKIP.
-ANSWERS = ["4", "4", "5", "3", "2", "1", "4 ", "four", "Five", "agree", "Strongly agree",
-           "3 or 4", "SKIP", "skip", "5!", "not sure", "4 thanks"]  # fmt: skip
+from bench.database import (  # noqa: E402  (after the path fix above)
+    STAFF_ROLES,
+    add_database_arguments,
+    migrate_fresh,
+    mobiles,
+    open_conversations,
+    postmaster_pid,
+    psycopg_url,
+    server_version,
+    sms_wave,
+    vacuum_analyze,
+)
+from bench.harness import (  # noqa: E402
+    ACCOUNT_SID,
+    ANSWERS,
+    OTHER_PROCESSES,
+    PING_PATH,
+    TWILIO_NUMBER,
+    WEBHOOK_PATH,
+    Connection,
+    CpuSampler,
+    Gunicorn,
+    free_port,
+    p99_timeline,
+    percentile,
+    run_as_script,
+    signed_webhook,
+)
+
 P99_TARGET_MS = 50.0
 RATIO_TARGET = 1 / 3
-WEBHOOK_PATH = "/twilio/sms"
-PING_PATH = "/bench/ping"
 
 
 # --------------------------------------------------------------------------- set-up
 
 
-def _database_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def mobiles(count: int) -> list[str]:
-    """`count` distinct E.164 UK mobiles: +447700900000, +447700900001, ..."""
-    if count > 100_000:
-        raise ValueError("at most 100,000 people (+4477009xxxxx)")
-    return [f"+4477009{i:05d}" for i in range(count)]
-
-
 def set_up_database(url: str, homes: int, staff: int, reset: bool) -> dict[str, Any]:
     """Migrate, load homes and people, open the wave and start every conversation."""
-    from sqlalchemy import func, insert, inspect, select, text
+    from sqlalchemy import func, insert, select
 
     from storage import db as storage_db
-    from storage.models import (
-        CareHome,
-        Cohort,
-        Invitation,
-        Person,
-        Programme,
-        Wave,
-        WaveInstrument,
-    )
+    from storage.models import CareHome, Cohort, Invitation, Person, Programme
     from surveys.catalogue import ensure_version
     from surveys.instruments import load_library
-    from surveys.invitations import open_wave, set_status
-    from surveys.sms_inbox import opening
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     engine = storage_db.make_engine(url)
-    if engine.dialect.name != "postgresql":
-        raise SystemExit(f"bench: needs PostgreSQL, not {engine.dialect.name} (see --help)")
-    tables = inspect(engine).get_table_names()
-    if tables and not reset:
-        raise SystemExit(
-            f"bench: the database already has tables ({', '.join(sorted(tables)[:4])} ...); "
-            "use a fresh one (scripts/with-postgres) or pass --reset to DROP them all"
-        )
-    if tables:
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    storage_db.upgrade(engine)
+    migrate_fresh(
+        engine,
+        reset,
+        "bench: the database already has tables ({tables} ...); "
+        "use a fresh one (scripts/with-postgres) or pass --reset to DROP them all",
+    )
     timings["migrate"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -163,39 +146,19 @@ def set_up_database(url: str, homes: int, staff: int, reset: bool) -> dict[str, 
     with factory() as session:
         programme = Programme(key="bench", name="Bench programme", settings={})
         cohort = Cohort(programme=programme, key="c1", name="Cohort 1")
-        wave = Wave(
-            cohort=cohort,
-            key="baseline",
-            kind="baseline",
-            name="Baseline",
-            opens_at=now - dt.timedelta(hours=1),
-            closes_at=now + dt.timedelta(days=7),
-        )
-        wave.instruments.append(
-            WaveInstrument(
-                instrument_version=ensure_version(session, library["appraisal_360"]),
-                audience={"roles": sorted(set(STAFF_ROLES))},
-                channel="sms",
-                sms_mode="conversation",
-            )
-        )
+        version = ensure_version(session, library["appraisal_360"])
+        wave = sms_wave(cohort, now, version, {"roles": sorted(set(STAFF_ROLES))}, "conversation")
         cohort.homes = list(session.scalars(select(CareHome).order_by(CareHome.id)))
         session.add(programme)
         session.flush()
-        report = open_wave(session, wave, now)
-        for invitation in session.scalars(select(Invitation).where(Invitation.wave_id == wave.id)):
-            opening(invitation)
-            set_status(invitation, "sent", now)
+        report = open_conversations(session, wave, now)
         session.commit()
         sent = session.scalar(
             select(func.count()).select_from(Invitation).where(Invitation.status == "sent")
         )
     timings["open wave + start conversations"] = time.perf_counter() - started
-    # A steady state, as a database in service would be: no autovacuum of the fresh
-    # tables competing with the measurement, and planner statistics that know the sizes.
     started = time.perf_counter()
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE"))
+    vacuum_analyze(engine)
     timings["vacuum analyze"] = time.perf_counter() - started
     engine.dispose()
     if report.created != len(numbers) or sent != len(numbers):
@@ -229,76 +192,6 @@ def db_counts(url: str) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- requests
-
-
-def signed_webhook(token: str, public_url: str, number: str, body: str) -> tuple[bytes, dict]:
-    """A POST body and headers for one inbound SMS, signed as Twilio signs it."""
-    from twilio.request_validator import RequestValidator
-
-    sid = "SM" + uuid.uuid4().hex
-    params = {
-        "ToCountry": "GB",
-        "ToState": "",
-        "SmsMessageSid": sid,
-        "NumMedia": "0",
-        "ToCity": "",
-        "FromZip": "",
-        "SmsSid": sid,
-        "FromState": "",
-        "SmsStatus": "received",
-        "FromCity": "",
-        "Body": body,
-        "FromCountry": "GB",
-        "To": TWILIO_NUMBER,
-        "ToZip": "",
-        "NumSegments": "1",
-        "MessageSid": sid,
-        "AccountSid": ACCOUNT_SID,
-        "From": number,
-        "ApiVersion": "2010-04-01",
-    }
-    signature = RequestValidator(token).compute_signature(public_url + WEBHOOK_PATH, params)
-    headers = {
-        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-        "User-Agent": "TwilioProxy/1.1",
-        "Accept": "*/*",
-        "I-Twilio-Idempotency-Token": str(uuid.uuid4()),
-        "X-Twilio-Signature": signature,
-    }
-    return urlencode(params).encode(), headers
-
-
-class Connection:
-    """One client's HTTP/1.1 connection, kept alive while the server allows (gunicorn's
-    sync workers close after every response, so then it reconnects, as a proxy would)."""
-
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict) -> int:
-        """The response's status; 0 for a connection error or timeout."""
-        for attempt in range(2):
-            reused = self.conn is not None
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self.conn.request(method, path, body=body, headers=headers)
-                response = self.conn.getresponse()
-                response.read()
-                if response.will_close:
-                    self.close()
-                return response.status
-            except (http.client.HTTPException, OSError):
-                self.close()
-                if not reused or attempt:  # retry once only when a kept-alive link was stale
-                    return 0
-        return 0
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 @dataclass
@@ -452,209 +345,7 @@ def run_generators(specs: list[LoadSpec], limit: float) -> list[LoadResult]:
                 proc.join(1)
 
 
-# --------------------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the gunicorn child: get SIGTERM if the benchmark dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Gunicorn:
-    """gunicorn as the Procfile's `web` runs it (2 sync workers), on 127.0.0.1."""
-
-    def __init__(self, database_url: str, token: str, workdir: Path, workers: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "gunicorn.log"
-        self.workers = workers
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "PUBLIC_BASE_URL": self.url,
-            "SECRET_KEY": secrets.token_urlsafe(32),
-            "INSTANCE_PATH": str(workdir / "instance"),
-            "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "TWILIO_AUTH_TOKEN": token,
-            "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
-            # Nothing listens there: the webhook answers in TwiML and sends nothing by REST.
-            "TWILIO_API_BASE_URL": f"http://127.0.0.1:{free_port()}",
-            "WEB_CONCURRENCY": str(workers),
-        }
-        self.env.pop("PORT", None)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        cmd = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", f"127.0.0.1:{self.port}",
-            "--workers", str(self.workers),
-            "--worker-class", "sync",
-            "--chdir", str(ROOT),
-            "--error-logfile", str(self.log),
-            "bench.trivial_app:app",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd,
-            env=self.env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # our Ctrl-C is handled here, then gunicorn is stopped
-            preexec_fn=_die_with_parent,  # no threads in this process yet
-        )
-        deadline = time.monotonic() + timeout
-        conn = Connection("127.0.0.1", self.port, 2.0)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if conn.request("GET", "/healthz", None, {}) == 200:
-                if conn.request("GET", PING_PATH, None, {}) != 200:
-                    raise RuntimeError(f"{PING_PATH} does not answer 200")
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not healthy within {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
-
-    def stop(self) -> None:
-        """SIGTERM (graceful), then SIGKILL to the whole group after 10 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-
-# --------------------------------------------------------------------------- machine load
-
-
-def _proc_times() -> dict[int, tuple[int, int]]:
-    """{pid: (ppid, utime + stime in clock ticks)} for every process (Linux /proc)."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    return out
-
-
-def _busy_ticks() -> int:
-    with open("/proc/stat") as f:
-        cpu = [int(v) for v in f.readline().split()[1:]]
-    return sum(cpu) - cpu[3] - (cpu[4] if len(cpu) > 4 else 0)  # all but idle and iowait
-
-
-def _tree(procs: dict[int, tuple[int, int]], roots: set[int]) -> set[int]:
-    members, grew = set(roots) & procs.keys(), True
-    while grew:
-        grew = False
-        for pid, (ppid, _) in procs.items():
-            if ppid in members and pid not in members:
-                members.add(pid)
-                grew = True
-    return members
-
-
-class CpuSampler:
-    """Samples, once a second, how much CPU the machine spent outside this benchmark (its
-    processes: this one, gunicorn, the generators; and the PostgreSQL server). On a small
-    shared machine, other work running at the same time shows up in the latencies."""
-
-    def __init__(self, postmaster: int | None) -> None:
-        self.roots = {os.getpid()} | ({postmaster} if postmaster else set())
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.foreign: list[float] = []  # cores' worth of CPU used by others, per interval
-        self.ours: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _loop(self) -> None:
-        last = (time.monotonic(), _busy_ticks(), _proc_times())
-        while not self._stop.wait(1.0):
-            now = (time.monotonic(), _busy_ticks(), _proc_times())
-            seconds = now[0] - last[0]
-            mine = _tree(now[2], self.roots)
-            ours = (
-                sum(now[2][pid][1] - last[2][pid][1] for pid in mine if pid in last[2]) / self.tick
-            )
-            busy = (now[1] - last[1]) / self.tick
-            self.ours.append(ours / seconds)
-            self.foreign.append(max(0.0, busy - ours) / seconds)
-            last = now
-
-    @property
-    def ours_mean(self) -> float:
-        """Cores' worth of CPU the benchmark's processes used, on average."""
-        return sum(self.ours) / len(self.ours) if self.ours else math.nan
-
-    def text(self) -> str:
-        if not self.foreign:
-            return "n/a"
-        mean = sum(self.foreign) / len(self.foreign)
-        ours = sum(self.ours) / len(self.ours)
-        return (
-            f"{mean:.2f} cores on average, {max(self.foreign):.2f} at most "
-            f"(the benchmark's own: {ours:.2f})"
-        )
-
-
-def postmaster_pid(url: str) -> int | None:
-    """The PostgreSQL server's main process, if it runs on this machine."""
-    from sqlalchemy import text
-
-    from storage import db as storage_db
-
-    engine = storage_db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            backend = conn.scalar(text("SELECT pg_backend_pid()"))
-        with open(f"/proc/{backend}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    finally:
-        engine.dispose()
-
-
 # --------------------------------------------------------------------------- figures
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 @dataclass
@@ -694,12 +385,23 @@ def summarise(results: list[LoadResult], seconds: float | None = None) -> Summar
     )
 
 
-def _timeline(result: LoadResult, window: float = 5.0) -> str:
-    """p99 latency (ms) of the requests scheduled in each `window`-second slice."""
-    slices: dict[int, list[float]] = {}
-    for offset, latency, _status in result.samples:
-        slices.setdefault(int(offset // window), []).append(latency * 1000)
-    return " ".join(f"{percentile(sorted(v), 99):.0f}" for _, v in sorted(slices.items())) + " ms"
+OURS = "benchmark"
+"""CpuSampler's label for this process, gunicorn, the generators and the PostgreSQL server."""
+
+
+def _cpu_sampler(postmaster: int | None) -> CpuSampler:
+    """The CPU of the benchmark's processes (OURS) and of the machine's others."""
+    return CpuSampler({OURS: {os.getpid()} | ({postmaster} if postmaster else set())})
+
+
+def _cpu_text(cpu: CpuSampler) -> str:
+    """How much CPU other processes took while the benchmark ran, against its own."""
+    if not cpu.used.get(OTHER_PROCESSES):
+        return "n/a"
+    return (
+        f"{cpu.mean(OTHER_PROCESSES):.2f} cores on average, {cpu.peak(OTHER_PROCESSES):.2f} "
+        f"at most (the benchmark's own: {cpu.mean(OURS):.2f})"
+    )
 
 
 def _status_text(statuses: Counter) -> str:
@@ -845,12 +547,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="bench/webhook.py",
         description="Benchmark POST /twilio/sms under load (run under scripts/with-postgres).",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("CAREPULSE_PG_URL"),
-        help="PostgreSQL URL (default: $CAREPULSE_PG_URL, set by scripts/with-postgres)",
-    )
-    parser.add_argument("--reset", action="store_true", help="DROP every table first")
+    add_database_arguments(parser)
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop req/s (100)")
     parser.add_argument("--seconds", type=float, default=30.0, help="open-loop duration (30)")
     parser.add_argument("--threads", type=int, default=32, help="open-loop sender threads (32)")
@@ -898,26 +595,13 @@ def _closed_specs(args: argparse.Namespace, base: LoadSpec, path: str) -> list[L
     return specs
 
 
-def _pg_version(url: str) -> str:
-    from sqlalchemy import text
-
-    from storage import db as storage_db
-
-    engine = storage_db.make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return str(conn.scalar(text("SHOW server_version"))).split()[0]
-    finally:
-        engine.dispose()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    url = _database_url(args.database_url)
+    url = psycopg_url(args.database_url)
     began = time.perf_counter()
     print(
         f"bench: {os.cpu_count()} cores (nproc {len(os.sched_getaffinity(0))}), "
-        f"Python {platform.python_version()}, PostgreSQL {_pg_version(url)}, "
+        f"Python {platform.python_version()}, PostgreSQL {server_version(url).split()[0]}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     print(f"bench: set-up: {args.homes} homes x {args.staff} staff, appraisal_360 by SMS ...")
@@ -976,7 +660,7 @@ def _run(
     postmaster = postmaster_pid(url)
     print(f"bench: open loop, {args.rate:g} req/s for {args.seconds:g}s ...")
     spec = replace(base, rate=args.rate, seconds=args.seconds, threads=args.threads, seed=2)
-    with CpuSampler(postmaster) as open_cpu:
+    with _cpu_sampler(postmaster) as open_cpu:
         (open_result,) = run_generators([spec], limit=args.seconds + 60)
     after = db_counts(url)
     target = summarise([open_result])
@@ -987,7 +671,7 @@ def _run(
     cpu = {"open": open_cpu}
     for name, path in (("webhook", WEBHOOK_PATH), ("ping", PING_PATH)):
         print(f"bench: closed loop, {args.clients} clients on {path} for {args.max_seconds:g}s ...")
-        with CpuSampler(postmaster) as cpu[name]:
+        with _cpu_sampler(postmaster) as cpu[name]:
             results = run_generators(_closed_specs(args, base, path), limit=args.max_seconds + 60)
         closed[name] = summarise(results, args.max_seconds)
 
@@ -1034,11 +718,11 @@ def report(
         ("conversations completed", f"{delta['responses_completed']}"),
         ("replies logged", f"{delta['outbound']}"),
         ("generator late dispatches", f"{open_result.late_dispatches}"),
-        ("p99 per 5 s window", _timeline(open_result)),
-        ("CPU used by other processes", cpu["open"].text()),
+        ("p99 per 5 s window", p99_timeline(open_result.samples)),
+        ("CPU used by other processes", _cpu_text(cpu["open"])),
         (
             "CPU per request",
-            f"{cpu['open'].ours_mean / max(target.rate, 1e-9) * 1000:.1f} ms "
+            f"{cpu['open'].mean(OURS) / max(target.rate, 1e-9) * 1000:.1f} ms "
             "(gunicorn + PostgreSQL + generator)",
         ),  # fmt: skip
     ]
@@ -1052,8 +736,8 @@ def report(
         print(f"  {label:<22} {s.rate:8.1f} {s.p50:8.1f} {s.p99:8.1f} {s.requests:9d} "
               f"{s.errors:8d}")  # fmt: skip
     print(f"  ratio webhook / trivial: {ratio:.3f} (1/{1 / ratio:.1f})" if ratio else "")
-    print(f"  CPU used by other processes, webhook run: {cpu['webhook'].text()}")
-    print(f"  CPU used by other processes, ping run: {cpu['ping'].text()}")
+    print(f"  CPU used by other processes, webhook run: {_cpu_text(cpu['webhook'])}")
+    print(f"  CPU used by other processes, ping run: {_cpu_text(cpu['ping'])}")
     print(f"{line}\nTargets\n{line}")
     p99_ok = target.p99 < P99_TARGET_MS
     print(f"  p99 < {P99_TARGET_MS:g} ms at {args.rate:g} req/s    {target.p99:7.1f} ms   "
@@ -1064,15 +748,5 @@ def report(
           f"PostgreSQL and the load generator")  # fmt: skip
 
 
-def _on_term(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGHUP, _on_term)
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # gunicorn and the generators were stopped on the way out
-        print("bench: interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_as_script(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -53,30 +54,14 @@ class Outbound:
         """
         now = now or utcnow()
         person = invitation.person
-        html: str | None = None
-        headers: dict[str, str] | None = None
         if invitation.channel == "sms":
             assert person.mobile, "invitation by SMS needs a mobile"
-            if is_opted_out(session, "sms", person.mobile):
-                set_status(invitation, "opted_out", now, detail="opted out before sending")
+            if self._opted_out(session, invitation, "sms", now, "opted out before sending"):
                 return None
             body = self._sms_body(session, invitation, now)
-            if body is None:
-                return None
-            message = Message(
-                direction="out",
-                channel="sms",
-                to_address=person.mobile,
-                from_address=self.sms.name,
-                body=body,
-                status="queued",
-            )
-        else:
-            assert person.email, "invitation by email needs an email address"
-            text = self._email_text(invitation)
-            message = self._email_message(invitation, text)
-            html, headers = text.html, self.unsubscribe_headers(invitation)
-        return self._store_and_deliver(session, message, invitation, now, html, headers)
+            return None if body is None else self._send_sms(session, invitation, body, now)
+        assert person.email, "invitation by email needs an email address"
+        return self._send_email(session, invitation, self._email_text(invitation), now)
 
     def send_reminder(
         self,
@@ -101,35 +86,63 @@ class Outbound:
         if not wanted or not wave.opens_at <= now < wave.closes_at:
             return None
         person = invitation.person
-        html: str | None = None
-        headers: dict[str, str] | None = None
+        # Unlike an invitation, a reminder may find the address gone: then it sends nothing.
         if invitation.channel == "sms":
             if not person.mobile:
                 return None
-            if is_opted_out(session, "sms", person.mobile):
-                set_status(invitation, "opted_out", now, detail="opted out before a reminder")
+            if self._opted_out(session, invitation, "sms", now, "opted out before a reminder"):
                 return None
             body = self._reminder_sms_body(session, invitation, now)
-            if body is None:
-                return None
-            message = Message(
-                direction="out",
-                channel="sms",
-                to_address=person.mobile,
-                from_address=self.sms.name,
-                body=body,
-                status="queued",
-            )
-        else:
-            if not person.email:
-                return None
-            if is_opted_out(session, "email", person.email):
-                set_status(invitation, "opted_out", now, detail="opted out before a reminder")
-                return None
-            text = self._reminder_email_text(invitation)
-            message = self._email_message(invitation, text)
-            html, headers = text.html, self.unsubscribe_headers(invitation)
-        return self._store_and_deliver(session, message, invitation, now, html, headers)
+            return None if body is None else self._send_sms(session, invitation, body, now)
+        if not person.email:
+            return None
+        if self._opted_out(session, invitation, "email", now, "opted out before a reminder"):
+            return None
+        text = self._email_text(invitation, reminder=True)
+        return self._send_email(session, invitation, text, now)
+
+    def _opted_out(
+        self, session: Session, invitation: Invitation, channel: str, now: dt.datetime, detail: str
+    ) -> bool:
+        """Whether the person opted out of `channel` at their address; if so the invitation
+        is marked opted out (with `detail`) and nothing is to be sent."""
+        person = invitation.person
+        address = person.mobile if channel == "sms" else person.email
+        if not is_opted_out(session, channel, address or ""):
+            return False
+        set_status(invitation, "opted_out", now, detail=detail)
+        return True
+
+    def _send_sms(
+        self, session: Session, invitation: Invitation, body: str, now: dt.datetime
+    ) -> Message:
+        """Send `body` to the invitation's person by SMS (stored first, like every send)."""
+        message = Message(
+            direction="out",
+            channel="sms",
+            to_address=invitation.person.mobile,
+            from_address=self.sms.name,
+            body=body,
+            status="queued",
+        )
+        return self._store_and_deliver(session, message, invitation, now)
+
+    def _send_email(
+        self, session: Session, invitation: Invitation, text: EmailText, now: dt.datetime
+    ) -> Message:
+        """Send `text` to the invitation's person by email, with its HTML and the
+        unsubscribe headers (stored first, like every send)."""
+        message = Message(
+            direction="out",
+            channel="email",
+            to_address=invitation.person.email or "",
+            from_address=self.settings.mail_from,
+            subject=text.subject,
+            body=text.body,
+            status="queued",
+        )
+        headers = self.unsubscribe_headers(invitation)
+        return self._store_and_deliver(session, message, invitation, now, text.html, headers)
 
     def _store_and_deliver(
         self,
@@ -137,8 +150,8 @@ class Outbound:
         message: Message,
         invitation: Invitation,
         now: dt.datetime,
-        html: str | None,
-        headers: dict[str, str] | None,
+        html: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Message:
         """Store the message first, then hand it to the provider (one path for every send)."""
         message.person, message.invitation = invitation.person, invitation
@@ -178,23 +191,6 @@ class Outbound:
             return conversation.question(survey, state, intro=REMINDER_PREFIX)
         return opening(invitation)
 
-    def _reminder_email_text(self, invitation: Invitation) -> EmailText:
-        person = invitation.person
-        definition = definition_of(invitation.instrument_version)
-        subject = invitation.subject if invitation.rater_relation != "self" else None
-        return reminder_email(
-            given_name=person.given_name,
-            programme=invitation.wave.cohort.programme.name,
-            instrument_title=definition.title,
-            subject_name=subject.full_name if subject else None,
-            closes=self._local_close(invitation),
-            link=self.link(invitation),
-            instrument_key=definition.key,
-            minutes=max(2, round(len(definition.items) / 3)),
-            started=invitation.status == "started",
-            unsubscribe=self.unsubscribe_link(invitation),
-        )
-
     def _sms_body(self, session: Session, invitation: Invitation, now: dt.datetime) -> str | None:
         person = invitation.person
         if not uses_conversation(invitation):
@@ -227,32 +223,28 @@ class Outbound:
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         }
 
-    def _email_text(self, invitation: Invitation) -> EmailText:
-        person = invitation.person
+    def _email_text(self, invitation: Invitation, reminder: bool = False) -> EmailText:
+        """The invitation's email, or with `reminder` the reminder's: the same facts about
+        the invitation in `invitation_email`'s or `reminder_email`'s words."""
         definition = definition_of(invitation.instrument_version)
         subject = invitation.subject if invitation.rater_relation != "self" else None
-        return invitation_email(
-            given_name=person.given_name,
+        if reminder:
+            # A reminder gives the closing date in the programme's time zone and thanks
+            # someone who has started; an invitation formats `closes_at` as stored.
+            words = partial(reminder_email, started=invitation.status == "started")
+            closes = self._local_close(invitation)
+        else:
+            words, closes = invitation_email, invitation.wave.closes_at
+        return words(
+            given_name=invitation.person.given_name,
             programme=invitation.wave.cohort.programme.name,
             instrument_title=definition.title,
             subject_name=subject.full_name if subject else None,
-            closes=invitation.wave.closes_at,
+            closes=closes,
             link=self.link(invitation),
             instrument_key=definition.key,
             minutes=max(2, round(len(definition.items) / 3)),
             unsubscribe=self.unsubscribe_link(invitation),
-        )
-
-    def _email_message(self, invitation: Invitation, text: EmailText) -> Message:
-        person = invitation.person
-        return Message(
-            direction="out",
-            channel="email",
-            to_address=person.email or "",
-            from_address=self.settings.mail_from,
-            subject=text.subject,
-            body=text.body,
-            status="queued",
         )
 
     def _deliver(

@@ -84,16 +84,14 @@ font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5">
 <div role="article" aria-label="{subject}" lang="en" style="max-width:600px;padding:16px">
 <h1 style="font-size:24px;line-height:1.3;margin:0 0 16px">{heading}</h1>
 <p>Dear {name},</p>
-<p>As part of {programme}, we would be grateful if you could complete {what}. \
-It takes about {minutes} minutes.</p>
+<p>{opening}</p>
 <p>The survey closes on <strong>{closing}</strong>.</p>
 <p style="margin:24px 0"><a href="{link}" style="display:inline-block;background:#1d70b8;\
 color:#ffffff;padding:12px 20px;border-radius:4px;font-weight:bold;text-decoration:none">\
-Start the survey</a></p>
+{button}</a></p>
 <p>If the button does not work, copy this personal link into your browser \
 (please do not forward it):<br><a href="{link}" style="color:#1d70b8">{link}</a></p>
-<p>You can stop and come back from the same link until the survey closes.</p>
-<p>Thank you,<br>The programme team</p>
+{note}<p>Thank you,<br>The programme team</p>
 {footer}</div>
 </body>
 </html>
@@ -104,6 +102,57 @@ _HTML_FOOTER = """<hr style="border:0;border-top:1px solid #b1b4b6;margin:24px 0
 in {programme}. To stop emails about this programme, \
 <a href="{unsubscribe}" style="color:#1d70b8">unsubscribe here</a>: {unsubscribe}</p>
 """
+
+_COME_BACK = "You can stop and come back from the same link until the survey closes."
+
+
+def _email(
+    *,
+    subject: str,
+    heading: str,
+    name: str,
+    opening: str,
+    closing: str,
+    link: str,
+    button: str,
+    programme: str,
+    unsubscribe: str | None,
+    note: str | None = None,
+) -> EmailText:
+    """An email around its own words (`heading`, `opening`, the `button`'s label and an
+    optional `note` after the link): the greeting, the closing date, the personal link, the
+    sign-off and, with `unsubscribe`, how to stop these emails. The HTML says the same as
+    the plain text, with every value escaped."""
+    stop = (
+        f"\n---\nYou are getting this email because you take part in {programme}. "
+        f"To stop emails about this programme, unsubscribe here:\n{unsubscribe}\n"
+        if unsubscribe
+        else ""
+    )
+    body = (
+        f"Dear {name},\n\n{opening}\n\n"
+        f"The survey closes on {closing}.\n\n"
+        f"Your personal link (please do not forward it):\n{link}\n\n"
+        + (f"{note}\n\n" if note else "")
+        + f"Thank you,\nThe programme team\n{stop}"
+    )
+    footer = (
+        _HTML_FOOTER.format(programme=escape(programme), unsubscribe=escape(unsubscribe))
+        if unsubscribe
+        else ""
+    )
+    html = _HTML.format(
+        subject=escape(subject),
+        heading=escape(heading),
+        name=escape(name),
+        opening=escape(opening),
+        closing=escape(closing),
+        link=escape(link),
+        button=escape(button),
+        note=f"<p>{escape(note)}</p>\n" if note else "",
+        footer=footer,
+    )
+    return EmailText(subject=subject, body=body, html=html)
 
 
 def invitation_email(
@@ -128,41 +177,21 @@ def invitation_email(
     # A plain description ("your self-report") is followed by the survey's own title.
     titled = f' ("{instrument_title}")' if instrument_key in _ASKS else ""
     closing = closes.strftime("%A %-d %B %Y")
-    name = first_name(given_name)
-    heading = f"Please complete {what}"
-    stop = (
-        f"\n---\nYou are getting this email because you take part in {programme}. "
-        f"To stop emails about this programme, unsubscribe here:\n{unsubscribe}\n"
-        if unsubscribe
-        else ""
+    return _email(
+        subject=f"{programme}: {instrument_title} (closes {closing})",
+        heading=f"Please complete {what}",
+        name=first_name(given_name),
+        opening=(
+            f"As part of {programme}, we would be grateful if you could complete "
+            f"{what}{titled}. It takes about {minutes} minutes."
+        ),
+        closing=closing,
+        link=link,
+        button="Start the survey",
+        programme=programme,
+        unsubscribe=unsubscribe,
+        note=_COME_BACK,
     )
-    body = (
-        f"Dear {name},\n\n"
-        f"As part of {programme}, we would be grateful if you could complete "
-        f"{what}{titled}. It takes about {minutes} minutes.\n\n"
-        f"The survey closes on {closing}.\n\n"
-        f"Your personal link (please do not forward it):\n{link}\n\n"
-        "You can stop and come back from the same link until the survey closes.\n\n"
-        f"Thank you,\nThe programme team\n{stop}"
-    )
-    subject = f"{programme}: {instrument_title} (closes {closing})"
-    footer = (
-        _HTML_FOOTER.format(programme=escape(programme), unsubscribe=escape(unsubscribe))
-        if unsubscribe
-        else ""
-    )
-    html = _HTML.format(
-        subject=escape(subject),
-        heading=escape(heading),
-        name=escape(name),
-        programme=escape(programme),
-        what=escape(what) + escape(titled),
-        minutes=escape(str(minutes)),
-        closing=escape(closing),
-        link=escape(link),
-        footer=footer,
-    )
-    return EmailText(subject=subject, body=body, html=html)
 
 
 def reminder_sms(
@@ -199,32 +228,6 @@ def reminder_sms(
     )
 
 
-_REMINDER_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{subject}</title>
-</head>
-<body style="margin:0;padding:0;background:#ffffff;color:#1a1a1a;\
-font-family:Arial,Helvetica,sans-serif;font-size:16px;line-height:1.5">
-<div role="article" aria-label="{subject}" lang="en" style="max-width:600px;padding:16px">
-<h1 style="font-size:24px;line-height:1.3;margin:0 0 16px">{heading}</h1>
-<p>Dear {name},</p>
-<p>{opening}</p>
-<p>The survey closes on <strong>{closing}</strong>.</p>
-<p style="margin:24px 0"><a href="{link}" style="display:inline-block;background:#1d70b8;\
-color:#ffffff;padding:12px 20px;border-radius:4px;font-weight:bold;text-decoration:none">\
-{button}</a></p>
-<p>If the button does not work, copy this personal link into your browser \
-(please do not forward it):<br><a href="{link}" style="color:#1d70b8">{link}</a></p>
-<p>Thank you,<br>The programme team</p>
-{footer}</div>
-</body>
-</html>
-"""
-
-
 def reminder_email(
     *,
     given_name: str,
@@ -246,7 +249,6 @@ def reminder_email(
     """
     what = _what_is_asked(instrument_key, instrument_title, subject_name)
     closing = closes.strftime("%A %-d %B %Y")
-    name = first_name(given_name)
     if started:
         heading = f"Please finish {what}"
         opening = (
@@ -261,32 +263,14 @@ def reminder_email(
             f"It takes about {minutes} minutes."
         )
         button = "Start the survey"
-    stop = (
-        f"\n---\nYou are getting this email because you take part in {programme}. "
-        f"To stop emails about this programme, unsubscribe here:\n{unsubscribe}\n"
-        if unsubscribe
-        else ""
+    return _email(
+        subject=f"Reminder: {programme}: {instrument_title} (closes {closing})",
+        heading=heading,
+        name=first_name(given_name),
+        opening=opening,
+        closing=closing,
+        link=link,
+        button=button,
+        programme=programme,
+        unsubscribe=unsubscribe,
     )
-    body = (
-        f"Dear {name},\n\n{opening}\n\n"
-        f"The survey closes on {closing}.\n\n"
-        f"Your personal link (please do not forward it):\n{link}\n\n"
-        f"Thank you,\nThe programme team\n{stop}"
-    )
-    subject = f"Reminder: {programme}: {instrument_title} (closes {closing})"
-    footer = (
-        _HTML_FOOTER.format(programme=escape(programme), unsubscribe=escape(unsubscribe))
-        if unsubscribe
-        else ""
-    )
-    html = _REMINDER_HTML.format(
-        subject=escape(subject),
-        heading=escape(heading),
-        name=escape(name),
-        opening=escape(opening),
-        closing=escape(closing),
-        link=escape(link),
-        button=escape(button),
-        footer=footer,
-    )
-    return EmailText(subject=subject, body=body, html=html)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import re
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from openpyxl import load_workbook
 from sqlalchemy import func, inspect, select
 from twilio.request_validator import RequestValidator
 
-from bot import create_app
 from bot.cli import cli
 from storage.accounts import create_account, issue_token
 from storage.models import (
@@ -42,10 +40,10 @@ from surveys.invitations import open_wave, set_status
 from surveys.sms_inbox import opening
 from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN
 from tests.support.hostile import FORMULA_INJECTIONS, SQL_INJECTIONS
+from tests.support.web import PASSWORD, csrf_token, make_app, sign_in, twilio_settings
 
 NOW = dt.datetime.now(dt.UTC)
 KEY = "attack-2027"
-PASSWORD = "correct horse battery"
 HOSTILE = SQL_INJECTIONS + FORMULA_INJECTIONS
 PRINTABLE = tuple(s for s in HOSTILE if "\x00" not in s)
 """The hostile strings a spreadsheet cell or a YAML file can carry (NUL is tested apart)."""
@@ -258,18 +256,7 @@ def test_a_hostile_programme_file_is_refused_with_a_clear_error(
 
 
 def _twilio_client(database_url: str, tmp_path: Path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
-        }
-    )
+    app = make_app(database_url, tmp_path, **twilio_settings())
     return app.test_client()
 
 
@@ -324,9 +311,6 @@ def test_a_hostile_text_is_stored_literally_and_answers_nothing(
 # --------------------------------------------------------------------------- web forms
 
 
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
 def test_hostile_survey_answers_are_refused_and_nothing_is_saved(factory, session, client):
     home = factory.home("Willow Court")
     factory.person(home, role="manager")
@@ -340,7 +324,7 @@ def test_hostile_survey_answers_are_refused_and_nothing_is_saved(factory, sessio
     session.commit()
     assert client.get(f"/s/{invitation.token}").status_code == 303
     page = client.get("/survey/q/1").get_data(as_text=True)
-    csrf = _CSRF.search(page)[1]
+    csrf = csrf_token(page)
     item = definition_of(invitation.instrument_version).items[0]
     for value in HOSTILE:
         response = client.post("/survey/q/1", data={"csrf_token": csrf, item.id: value})
@@ -356,7 +340,7 @@ def test_hostile_survey_answers_are_refused_and_nothing_is_saved(factory, sessio
 def test_hostile_sign_in_attempts_are_refused(session, client, engine):
     create_account(session, "admin@example.org", PASSWORD, "admin")
     session.commit()
-    csrf = _CSRF.search(client.get("/login").get_data(as_text=True))[1]
+    csrf = csrf_token(client.get("/login").get_data(as_text=True))
     attempts = [(s, s) for s in HOSTILE] + [
         ("admin@example.org' --", "x"),
         ("admin@example.org", "' OR '1'='1"),
@@ -404,9 +388,7 @@ def test_hostile_dashboard_filters_are_answered_or_refused(hostile, app, session
     create_account(session, "admin@example.org", PASSWORD, "admin")
     session.commit()
     client = app.test_client()
-    csrf = _CSRF.search(client.get("/login").get_data(as_text=True))[1]
-    data = {"csrf_token": csrf, "email": "admin@example.org", "password": PASSWORD}
-    assert client.post("/login", data=data).status_code == 303
+    assert sign_in(client, "admin@example.org").status_code == 303
     for value in PRINTABLE:
         for parameter in ("home", "pre"):
             response = client.get(f"/dashboard/{KEY}/", query_string={parameter: value})
@@ -479,9 +461,7 @@ def test_dashboard_downloads_neutralise_every_hostile_name(hostile, app, session
     create_account(session, "admin@example.org", PASSWORD, "admin")
     session.commit()
     client = app.test_client()
-    csrf = _CSRF.search(client.get("/login").get_data(as_text=True))[1]
-    data = {"csrf_token": csrf, "email": "admin@example.org", "password": PASSWORD}
-    assert client.post("/login", data=data).status_code == 303
+    assert sign_in(client, "admin@example.org").status_code == 303
     for table in ("response_rates_by_home", "morale_by_home", "prepost"):
         response = client.get(f"/dashboard/{KEY}/tables/{table}.csv")
         assert response.status_code == 200, table

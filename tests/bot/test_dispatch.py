@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from storage.models import Invitation, Message, OutboxItem, Person, utcnow
 from surveys.invitations import open_wave, set_status
 from surveys.opt_outs import opt_out
 from surveys.outbox import enqueue
+from tests.support.bulk import insert_pending_invitations
+from tests.support.send_window import daytime_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
@@ -46,24 +47,10 @@ NO_PACING = Pacer(0)
 WORKER = "test-worker"
 
 
-def _midday_zone(now: dt.datetime) -> str:
-    """A fixed-offset zone where it is about 13:00 now, inside the default 09:00-20:00 window.
-
-    Messages go out only inside the programme's window; these tests send at the real time
-    (the fake Twilio stamps real times), so the programme's zone is chosen to make it day.
-    """
-    offset = 13 - now.hour
-    if offset > 14:
-        offset -= 24
-    if offset < -12:
-        offset += 24
-    if offset == 0:
-        return "Etc/GMT"
-    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
-
-
 NOW = dt.datetime.now(dt.UTC)
-ZONE = _midday_zone(NOW)
+# Messages go out only inside the programme's window; these tests send at the real time
+# (the fake Twilio stamps real times), so the programme's zone is chosen to make it day.
+ZONE = daytime_zone(NOW)
 
 
 def _fresh(session):
@@ -646,22 +633,7 @@ def _bulk(session, factory, count: int) -> list[Invitation]:
     session.execute(insert(Person), people)
     ids = session.scalars(select(Person.id).where(Person.care_home_id == home.id)).all()
     version = wave.instruments[0].instrument_version_id
-    session.execute(
-        insert(Invitation),
-        [
-            {
-                "wave_id": wave.id,
-                "instrument_version_id": version,
-                "person_id": person_id,
-                "channel": "sms",
-                "token": secrets.token_urlsafe(24),
-                "status": "pending",
-                "created_at": NOW,
-                "status_changed_at": NOW,
-            }
-            for person_id in ids
-        ],
-    )
+    insert_pending_invitations(session, wave.id, version, ids, NOW)
     session.commit()
     return session.scalars(select(Invitation).order_by(Invitation.id)).all()
 

@@ -21,6 +21,7 @@ from storage.models import Invitation, Message, OptOut
 from surveys.invitations import open_wave
 from surveys.wording import invitation_email
 from tests.support.smtp_server import FakeSmtp
+from tests.support.web import csrf_token, make_app
 
 NOW = dt.datetime.now(dt.UTC)
 MAIL_FROM = "surveys@carepulse.example.org"
@@ -49,20 +50,8 @@ def _free_port() -> int:
 
 
 def _make_app(engine, database_url, tmp_path, port: int, **extra):
-    from bot import create_app
-
-    config = {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key-for-the-suite",
-        "PUBLIC_BASE_URL": BASE_URL,
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(port),
-        "MAIL_FROM": MAIL_FROM,
-    }
-    config.update(extra)
-    return create_app(config)
+    smtp = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "MAIL_FROM": MAIL_FROM}
+    return make_app(database_url, tmp_path, **{"PUBLIC_BASE_URL": BASE_URL, **smtp, **extra})
 
 
 @pytest.fixture
@@ -436,12 +425,6 @@ def test_a_path_in_the_token_is_just_not_found(smtp_app):
 # --- the unsubscribe page ---------------------------------------------------------------
 
 
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
 def test_unsubscribing_stops_every_later_email(session, factory, smtp_app, smtp):
     _, _, manager = _programme(session, factory, SELF_REPORT + SELF_360)
     first, second = session.scalars(select(Invitation).order_by(Invitation.id)).all()
@@ -460,7 +443,7 @@ def test_unsubscribing_stops_every_later_email(session, factory, smtp_app, smtp)
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert _count(session, OptOut) == 0  # looking is not unsubscribing
 
-    done = client.post(f"/u/{token}", data={"csrf_token": _csrf(body)})
+    done = client.post(f"/u/{token}", data={"csrf_token": csrf_token(body)})
     assert done.status_code == 200
     assert "You will not get more emails" in done.get_data(as_text=True)
     assert done.headers["Cache-Control"] == "no-store"
@@ -552,7 +535,7 @@ def test_a_csrf_token_from_another_session_is_refused(session, factory, smtp_app
     token = session.scalars(select(Invitation)).one().token
     session.commit()
     other = smtp_app.test_client()
-    stolen = _csrf(other.get(f"/u/{token}").get_data(as_text=True))
+    stolen = csrf_token(other.get(f"/u/{token}").get_data(as_text=True))
     victim = smtp_app.test_client()
     victim.get(f"/u/{token}")
     assert victim.post(f"/u/{token}", data={"csrf_token": stolen}).status_code == 400
@@ -573,10 +556,6 @@ def test_an_unknown_token_gets_404(session, smtp_app, token, method):
     assert "not recognised" in reply.get_data(as_text=True)
     assert reply.headers["Cache-Control"] == "no-store"
     assert _count(session, OptOut) == 0
-
-
-def _form_csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
 
 
 def test_a_manager_goes_from_the_email_in_the_inbox_to_a_completed_self_report(
@@ -600,12 +579,12 @@ def test_a_manager_goes_from_the_email_in_the_inbox_to_a_completed_self_report(
         item_id = re.search(r'type="radio" id="[^"]+" name="([a-z_]+)"', html).group(1)
         value = str(1 + number % 5)
         response = client.post(
-            f"/survey/q/{number}", data={item_id: value, "csrf_token": _form_csrf(html)}
+            f"/survey/q/{number}", data={item_id: value, "csrf_token": csrf_token(html)}
         )
         assert response.status_code == 303, (number, response.status_code)
         given[item_id] = int(value)
     check = client.get("/survey/check").get_data(as_text=True)
-    sent = client.post("/survey/check", data={"csrf_token": _form_csrf(check)})
+    sent = client.post("/survey/check", data={"csrf_token": csrf_token(check)})
     assert sent.status_code == 303
     assert "your answers have been sent" in client.get("/survey/done").get_data(as_text=True)
     _fresh(session)

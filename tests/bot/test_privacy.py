@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import stat
 import threading
 import urllib.error
@@ -29,28 +28,18 @@ from storage.models import Invitation, Message, OptOut, Person, Programme
 from storage.privacy import erase_person, suppression_key
 from surveys.invitations import open_wave
 from surveys.opt_outs import opt_out
-from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN
+from tests.conftest import TWILIO_TOKEN
+from tests.support.web import PASSWORD, csrf_token, make_app, sign_in, twilio_settings
 
-PASSWORD = "correct horse battery"
 MOBILE = "+447700900777"
 OPENS = dt.datetime(2027, 1, 4, 9, tzinfo=dt.UTC)
 MORALE = [("staff_morale", {"roles": ["care_worker"]}, "sms")]
 
 
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
 def _form_csrf(html: str, action: str) -> str:
     """The CSRF token of the form posting to `action` (the page header has its own)."""
     form = html[html.index(f'action="{action}"') :]
-    return _csrf(form)
-
-
-def _sign_in(client, email: str) -> None:
-    form = {"csrf_token": _csrf(client.get("/login").get_data(as_text=True))}
-    done = client.post("/login", data={**form, "email": email, "password": PASSWORD})
-    assert done.status_code == 303
+    return csrf_token(form)
 
 
 def _fresh(session) -> None:
@@ -172,14 +161,14 @@ def admin(app, session):
 
 def test_only_admins_reach_the_people_pages(client, admin, zebedee):
     assert client.get("/admin/people?q=zeb").status_code == 302  # to the sign-in page
-    _sign_in(client, "eval@example.org")
+    assert sign_in(client, "eval@example.org").status_code == 303
     assert client.get("/admin/people?q=zeb").status_code == 403
     assert client.post(f"/admin/people/{zebedee.id}/erase").status_code == 403
 
 
 def test_an_admin_finds_a_person_and_erases_them_after_confirming(client, session, admin, zebedee):
     person_id = zebedee.id
-    _sign_in(client, "admin@example.org")
+    assert sign_in(client, "admin@example.org").status_code == 303
     found = client.get("/admin/people?q=quixley").get_data(as_text=True)
     assert "Zebedee Quixley" in found and f"/admin/people/{zebedee.id}" in found
     page = client.get(f"/admin/people/{zebedee.id}").get_data(as_text=True)
@@ -249,20 +238,7 @@ def test_an_erased_number_that_said_stop_is_never_texted_again(app, client, sess
 
 @pytest.fixture
 def twilio_app(engine, database_url, tmp_path):
-    from bot import create_app
-
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
-        }
-    )
+    app = make_app(database_url, tmp_path, **twilio_settings())
     install(app)
     return app
 

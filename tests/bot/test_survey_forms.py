@@ -16,23 +16,11 @@ from sqlalchemy import event, func, select
 from bot import create_app
 from storage.models import Answer, Invitation, Response
 from surveys.invitations import open_wave
+from tests.support.web import csrf_token
+from tests.support.web_survey import ITEMS_360, open_morale, web_answers
 
 NOW = dt.datetime.now(dt.UTC)
-STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
 TITLE = "How the care home manager leads"
-ITEMS_360 = [
-    "residents_involvement",
-    "staff_development",
-    "staff_praise",
-    "listens_to_staff",
-    "new_ideas",
-    "interaction_quality",
-    "management_quality",
-    "stakeholder_influence",
-    "spots_issues",
-    "acts_on_feedback",
-    "mentors_staff",
-]
 
 
 def _fresh(session):
@@ -45,33 +33,13 @@ def _text(response) -> str:
     return response.get_data(as_text=True)
 
 
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
 def _answer(client, number: int, item_id: str, value: str, query: str = ""):
     """Open question `number` like a browser, pick `value` and continue."""
     page = client.get(f"/survey/q/{number}{query}")
     assert page.status_code == 200, _text(page)
     return client.post(
-        f"/survey/q/{number}{query}", data={"csrf_token": _csrf(_text(page)), item_id: value}
+        f"/survey/q/{number}{query}", data={"csrf_token": csrf_token(_text(page)), item_id: value}
     )
-
-
-def _stored(session, invitation_id: int) -> dict[str, int | None]:
-    _fresh(session)
-    rows = session.execute(
-        select(Answer.item_id, Answer.value, Answer.channel)
-        .join(Response, Answer.response_id == Response.id)
-        .where(Response.invitation_id == invitation_id)
-    )
-    stored = {}
-    for item_id, value, channel in rows:
-        assert channel == "web"
-        stored[item_id] = value
-    return stored
 
 
 def _count(session, model) -> int:
@@ -103,20 +71,6 @@ def _appraisal(session, factory, raters=None, settings=None, **wave):
     session.commit()
     invitations = session.scalars(select(Invitation)).all()
     return {inv.rater_relation: inv for inv in invitations}, wave_row
-
-
-def _morale(session, factory):
-    home = factory.home("Willow Court")
-    factory.person(home, given_name="Amara")
-    _, wave = factory.programme(
-        [home],
-        [("staff_morale", {"roles": STAFF}, "sms")],
-        opens=NOW - dt.timedelta(hours=1),
-        closes=NOW + dt.timedelta(days=7),
-    )
-    open_wave(session, wave, NOW)
-    session.commit()
-    return session.scalars(select(Invitation)).one(), wave
 
 
 # --- the link --------------------------------------------------------------------------
@@ -235,7 +189,7 @@ def test_completed_and_expired_links_say_so_and_whom_to_contact(client, session,
 
 
 def test_closed_page_without_a_programme_contact_names_the_programme_team(client, session, factory):
-    invitation, _ = _morale(session, factory)
+    invitation = open_morale(session, factory, NOW)
     invitation.status = "expired"
     session.commit()
     closed = client.get(f"/s/{invitation.token}")
@@ -339,7 +293,7 @@ def test_a_staff_member_answers_a_whole_360_page_by_page(client, session, factor
         saved = _answer(client, number, ITEMS_360[number - 1], answers[number - 1])
         assert saved.status_code == 303
         assert saved.headers["Location"] == f"/survey/q/{number + 1}"
-    assert _stored(session, invitation.id) == {
+    assert web_answers(session, invitation.id) == {
         item: (None if a == "skip" else int(a))
         for item, a in zip(ITEMS_360[:5], answers[:5], strict=True)
     }
@@ -383,14 +337,14 @@ def test_a_staff_member_answers_a_whole_360_page_by_page(client, session, factor
     assert changed.status_code == 303 and changed.headers["Location"] == "/survey/check"
     answers[3] = "1"
 
-    sent = later.post("/survey/check", data={"csrf_token": _csrf(html)})
+    sent = later.post("/survey/check", data={"csrf_token": csrf_token(html)})
     assert sent.status_code == 303 and sent.headers["Location"] == "/survey/done"
     done = later.get("/survey/done")
     assert done.status_code == 200
     assert "Thank you – your answers have been sent" in _text(done)
     assert _text(done).count("<h1") == 1
 
-    assert _stored(session, invitation.id) == {
+    assert web_answers(session, invitation.id) == {
         item: (None if a == "skip" else int(a)) for item, a in zip(ITEMS_360, answers, strict=True)
     }
     assert _count(session, Response) == 1
@@ -400,9 +354,9 @@ def test_a_staff_member_answers_a_whole_360_page_by_page(client, session, factor
 
     # Afterwards the survey says it was answered, in either browser; nothing can change.
     assert "You have already answered" in _text(client.get("/survey/q/1"))
-    late = client.post("/survey/q/1", data={"csrf_token": _csrf(first), ITEMS_360[0]: "1"})
+    late = client.post("/survey/q/1", data={"csrf_token": csrf_token(first), ITEMS_360[0]: "1"})
     assert "You have already answered" in _text(late)
-    assert _stored(session, invitation.id)["residents_involvement"] == 4
+    assert web_answers(session, invitation.id)["residents_involvement"] == 4
 
 
 def test_unanswered_questions_can_be_sent_as_not_answered(client, session, factory):
@@ -415,8 +369,8 @@ def test_unanswered_questions_can_be_sent_as_not_answered(client, session, facto
     assert "You have not answered 9 questions" in html
     assert "recorded as not answered" in html
     assert html.count("Not answered") == 9
-    client.post("/survey/check", data={"csrf_token": _csrf(html)})
-    assert _stored(session, invitation.id) == {
+    client.post("/survey/check", data={"csrf_token": csrf_token(html)})
+    assert web_answers(session, invitation.id) == {
         "residents_involvement": 2,
         "staff_development": None,
     }
@@ -438,7 +392,7 @@ def test_grouped_items_show_the_group_as_a_caption(client, session, factory):
 
 
 def test_a_one_question_survey_shows_the_question_and_stores_the_answer(client, session, factory):
-    invitation, _ = _morale(session, factory)
+    invitation = open_morale(session, factory, NOW)
     start = _text(client.get(f"/s/{invitation.token}", follow_redirects=True))
     assert "1 question," in start and "about 1 minute" in start
     assert "only reported put together with other people’s" in start  # not a 360
@@ -447,10 +401,10 @@ def test_a_one_question_survey_shows_the_question_and_stores_the_answer(client, 
     assert "How would you rate morale among the staff in your care home" in html
     assert "1 = Very low, 5 = Very high" in html
     assert "Question 1 of 1" in html
-    saved = client.post("/survey/q/1", data={"csrf_token": _csrf(html), "morale": "4"})
+    saved = client.post("/survey/q/1", data={"csrf_token": csrf_token(html), "morale": "4"})
     assert saved.headers["Location"] == "/survey/check"
-    client.post("/survey/check", data={"csrf_token": _csrf(html)})
-    assert _stored(session, invitation.id) == {"morale": 4}
+    client.post("/survey/check", data={"csrf_token": csrf_token(html)})
+    assert web_answers(session, invitation.id) == {"morale": 4}
     assert session.get(Invitation, invitation.id).status == "completed"
     again = client.get(f"/s/{invitation.token}")
     assert "You have already answered this survey" in _text(again)
@@ -459,7 +413,7 @@ def test_a_one_question_survey_shows_the_question_and_stores_the_answer(client, 
 def test_a_missing_choice_is_an_error_and_nothing_is_stored(client, session, factory):
     by_relation, _ = _appraisal(session, factory)
     client.get(f"/s/{by_relation['staff'].token}")
-    token = _csrf(_text(client.get("/survey/q/1")))
+    token = csrf_token(_text(client.get("/survey/q/1")))
     for data in (
         {},
         {"residents_involvement": ""},
@@ -488,7 +442,7 @@ def test_a_post_without_the_sessions_csrf_token_stores_nothing(client, session, 
     by_relation, _ = _appraisal(session, factory)
     invitation = by_relation["staff"]
     client.get(f"/s/{invitation.token}")
-    real = _csrf(_text(client.get("/survey/q/1")))
+    real = csrf_token(_text(client.get("/survey/q/1")))
     _answer(client, 1, "residents_involvement", "4")
     data = {} if token is None else {"csrf_token": token}
     answer = client.post("/survey/q/2", data={**data, "staff_development": "5"})
@@ -497,35 +451,35 @@ def test_a_post_without_the_sessions_csrf_token_stores_nothing(client, session, 
     send = client.post("/survey/check", data=data)
     assert send.status_code == 400
     assert "Your session has expired" in _text(send)
-    assert _stored(session, invitation.id) == {"residents_involvement": 4}
+    assert web_answers(session, invitation.id) == {"residents_involvement": 4}
     assert session.get(Invitation, invitation.id).status == "started"
     assert _count(session, Response) == 1
     # The real token still works.
     retried = client.post("/survey/q/2", data={"csrf_token": real, "staff_development": "5"})
     assert retried.status_code == 303
-    assert _stored(session, invitation.id)["staff_development"] == 5
+    assert web_answers(session, invitation.id)["staff_development"] == 5
 
 
 def test_a_form_left_open_for_one_survey_cannot_store_into_another(client, session, factory):
     by_relation, _ = _appraisal(session, factory)
     line, self_rating = by_relation["line_manager"], by_relation["self"]
     client.get(f"/s/{line.token}")
-    stale = _csrf(_text(client.get("/survey/q/1")))
+    stale = csrf_token(_text(client.get("/survey/q/1")))
     client.get(f"/s/{self_rating.token}")  # another link opened in the same browser
     response = client.post("/survey/q/1", data={"csrf_token": stale, "residents_involvement": "5"})
     assert response.status_code == 400
     assert _count(session, Answer) == 0
     # Opening the same link again keeps the token, so other tabs of it keep working.
-    fresh = _csrf(_text(client.get("/survey/q/1")))
+    fresh = csrf_token(_text(client.get("/survey/q/1")))
     client.get(f"/s/{self_rating.token}")
-    assert _csrf(_text(client.get("/survey/q/1"))) == fresh
+    assert csrf_token(_text(client.get("/survey/q/1"))) == fresh
 
 
 def test_sending_twice_keeps_one_response_and_confirms_again(client, session, factory):
     by_relation, _ = _appraisal(session, factory)
     invitation = by_relation["staff"]
     client.get(f"/s/{invitation.token}")
-    token = _csrf(_text(client.get("/survey/check")))
+    token = csrf_token(_text(client.get("/survey/check")))
     for _ in range(3):  # a double click, then the back button and a replayed POST
         sent = client.post("/survey/check", data={"csrf_token": token})
         assert sent.status_code == 303 and sent.headers["Location"] == "/survey/done"
@@ -582,7 +536,7 @@ def test_a_session_whose_invitation_has_closed_shows_the_closed_page(client, ses
     by_relation, wave = _appraisal(session, factory)
     invitation = by_relation["staff"]
     client.get(f"/s/{invitation.token}")
-    token = _csrf(_text(client.get("/survey/q/1")))
+    token = csrf_token(_text(client.get("/survey/q/1")))
     wave.opens_at = NOW - dt.timedelta(days=2)
     wave.closes_at = NOW - dt.timedelta(minutes=1)
     session.commit()

@@ -11,6 +11,7 @@ from bot import create_app
 from storage.accounts import create_account
 from storage.models import Answer, Invitation, Message
 from surveys.invitations import open_wave
+from tests.support.web import PASSWORD, make_app, sign_in
 
 
 def _fresh(session):
@@ -128,38 +129,22 @@ def test_every_sent_sms_fits_one_segment(client, session, factory, app):
     assert sum(bool(re.search(r"/s/[A-Za-z0-9_-]{32}", b)) for b in bodies) == 2
 
 
+TWILIO = {
+    "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+    "TWILIO_AUTH_TOKEN": "t",
+    "TWILIO_FROM_NUMBER": "+447700900001",
+}
+
+
 def test_dev_pages_do_not_exist_when_real_providers_are_configured(tmp_path, database_url):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "k" * 20,
-            "INSTANCE_PATH": str(tmp_path),
-            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
-            "TWILIO_AUTH_TOKEN": "t",
-            "TWILIO_FROM_NUMBER": "+447700900001",
-            "SMTP_HOST": "127.0.0.1",
-            "MAIL_FROM": "surveys@example.org",
-        }
-    )
-    client = app.test_client()
+    smtp = {"SMTP_HOST": "127.0.0.1", "MAIL_FROM": "surveys@example.org"}
+    client = make_app(database_url, tmp_path, **TWILIO, **smtp).test_client()
     assert client.get("/dev/phone").status_code == 404
     assert client.get("/dev/mailbox").status_code == 404
 
 
 def test_dev_mailbox_stays_while_only_twilio_is_configured(tmp_path, database_url):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "k" * 20,
-            "INSTANCE_PATH": str(tmp_path),
-            "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
-            "TWILIO_AUTH_TOKEN": "t",
-            "TWILIO_FROM_NUMBER": "+447700900001",
-        }
-    )
-    client = app.test_client()
+    client = make_app(database_url, tmp_path, **TWILIO).test_client()
     assert client.get("/dev/phone").status_code == 404
     assert client.get("/dev/mailbox").status_code == 200
 
@@ -176,15 +161,12 @@ def test_start_page_and_dev_pages_show_the_demo_programme(client, session, app):
     create_account(
         session,
         "lead@example.org",
-        "correct horse battery",
+        PASSWORD,
         "programme_lead",
         programme_keys=["nwl-leadership-2027"],
     )
     session.commit()
-    login = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login).group(1)
-    form = {"csrf_token": csrf, "email": "lead@example.org", "password": "correct horse battery"}
-    assert client.post("/login", data=form).status_code == 303
+    assert sign_in(client, "lead@example.org").status_code == 303
     home = client.get("/").get_data(as_text=True)
     assert "NW London care home leadership programme 2027" in home
     for name in ("Willow Court", "Elmfield House", "Harrow Lodge"):

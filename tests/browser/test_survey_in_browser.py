@@ -15,7 +15,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from storage.models import Answer, Invitation, Response
+from storage.models import Invitation, Response
 from surveys.invitations import open_wave
 from tests.support import browser as support
 from tests.support.browser import (
@@ -29,6 +29,7 @@ from tests.support.browser import (
     press,
     screenshot,
 )
+from tests.support.web_survey import ITEMS_360, STAFF, open_morale, web_answers
 
 pytestmark = pytest.mark.browser
 
@@ -38,20 +39,6 @@ browser = support.browser
 live_site = support.live_site
 
 NOW = dt.datetime.now(dt.UTC)
-STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
-ITEMS_360 = [
-    "residents_involvement",
-    "staff_development",
-    "staff_praise",
-    "listens_to_staff",
-    "new_ideas",
-    "interaction_quality",
-    "management_quality",
-    "stakeholder_influence",
-    "spots_issues",
-    "acts_on_feedback",
-    "mentors_staff",
-]
 AGREEMENT = {
     "1": "1 – Strongly disagree",
     "2": "2 – Disagree",
@@ -85,35 +72,6 @@ def _appraisal(session, factory, raters=None, channel="sms"):
     )
     _open(session, wave)
     return {inv.rater_relation: inv for inv in session.scalars(select(Invitation))}
-
-
-def _morale(session, factory):
-    home = factory.home("Willow Court")
-    factory.person(home, given_name="Amara")
-    _, wave = factory.programme(
-        [home],
-        [("staff_morale", {"roles": STAFF}, "sms")],
-        opens=NOW - dt.timedelta(hours=1),
-        closes=NOW + dt.timedelta(days=7),
-    )
-    _open(session, wave)
-    return session.scalars(select(Invitation)).one()
-
-
-def _stored(session, invitation_id: int) -> dict[str, int | None]:
-    """What the app committed, seen from the test's own session."""
-    session.rollback()
-    session.expire_all()
-    rows = session.execute(
-        select(Answer.item_id, Answer.value, Answer.channel)
-        .join(Response, Answer.response_id == Response.id)
-        .where(Response.invitation_id == invitation_id)
-    )
-    stored = {}
-    for item_id, value, channel in rows:
-        assert channel == "web"
-        stored[item_id] = value
-    return stored
 
 
 # --- driving the pages ---------------------------------------------------------------------
@@ -208,7 +166,7 @@ def test_a_care_worker_answers_the_360_on_a_phone_stops_and_resumes(
         _answer(page, number, answers[number - 1], shot=f"phone-q{number:02d}")
     _at(page, "/survey/q/6")
     page.context.close()
-    assert _stored(session, invitation_id) == {
+    assert web_answers(session, invitation_id) == {
         item: None if a == "skip" else int(a)
         for item, a in zip(ITEMS_360[:5], answers[:5], strict=True)
     }
@@ -251,7 +209,7 @@ def test_a_care_worker_answers_the_360_on_a_phone_stops_and_resumes(
     screenshot(page, "phone-05-done")
     page.context.close()
 
-    assert _stored(session, invitation_id) == {
+    assert web_answers(session, invitation_id) == {
         item: None if a == "skip" else int(a) for item, a in zip(ITEMS_360, answers, strict=True)
     }
     assert session.scalar(select(func.count()).select_from(Response)) == 1
@@ -269,7 +227,7 @@ def test_the_morale_survey_can_be_answered_with_the_keyboard_alone(
     session,
     factory,
 ):
-    invitation = _morale(session, factory)
+    invitation = open_morale(session, factory, NOW)
     invitation_id = invitation.id
     page = new_page(browser, viewport={"width": 1024, "height": 768})
     page.goto(live_site(f"/s/{invitation.token}"))
@@ -296,7 +254,7 @@ def test_the_morale_survey_can_be_answered_with_the_keyboard_alone(
     expect(page.get_by_role("heading", level=1)).to_contain_text("your answers have been sent")
     page.context.close()
 
-    assert _stored(session, invitation_id) == {"morale": 1}
+    assert web_answers(session, invitation_id) == {"morale": 1}
     assert session.get(Invitation, invitation_id).status == "completed"
 
 
@@ -332,13 +290,13 @@ def test_continuing_without_an_answer_shows_an_error_summary_that_leads_to_the_r
     assert focus["id"] == "residents_involvement-1", focus
     _assert_focus_visible(focus)
     expect(page.locator("#residents_involvement-1")).to_be_in_viewport()
-    assert _stored(session, invitation_id) == {}
+    assert web_answers(session, invitation_id) == {}
 
     _choose(page, AGREEMENT["skip"])
     _press(page, "Continue")
     _at(page, "/survey/q/2")
     page.context.close()
-    assert _stored(session, invitation_id) == {"residents_involvement": None}
+    assert web_answers(session, invitation_id) == {"residents_involvement": None}
 
 
 # --- d: 320 px wide ------------------------------------------------------------------------

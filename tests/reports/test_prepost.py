@@ -14,11 +14,12 @@ from scipy import stats
 from sqlalchemy import select
 
 from reports.disclosure import SUPPRESSED
-from reports.frames import ANSWER_COLUMNS, ITEM_COLUMNS, answers_frame, items_frame
+from reports.frames import answers_frame, items_frame
 from reports.prepost import PREPOST_COLUMNS, hedges_g, holm, prepost, wilcoxon_p
 from storage.models import Invitation, Wave, WaveInstrument
 from surveys.answers import record_answer
 from surveys.invitations import open_wave
+from tests.support.frames import answers_of, items_of
 
 MATCHED = ["n_pairs", "mean_pre", "mean_post", "mean_diff", "ci95_low", "ci95_high"]
 MATCHED += ["t", "df", "p_t", "d_z", "wilcoxon_p", "p_holm"]
@@ -32,43 +33,15 @@ SLEEP_GROUP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 def _items(rows, instrument="staff_morale"):
     """Items on a 1-5 scale: (item_id, reverse, scales)."""
-    return pd.DataFrame(
-        [
-            [instrument, 1, position, item_id, item_id, 1, 5, reverse, scales]
-            for position, (item_id, reverse, scales) in enumerate(rows, start=1)
-        ],
-        columns=ITEM_COLUMNS,
-    )
+    return items_of(rows, instrument)
 
 
 MORALE = _items([("morale", False, ("morale",))])
 
 
 def _answers(rows, instrument="staff_morale", relation=None):
-    """Answers of (wave, person_id, item_id, value[, subject_id])."""
-    records = []
-    for n, (wave, person, item_id, value, *subject) in enumerate(rows):
-        records.append(
-            {
-                "invitation_id": n,
-                "cohort": "c1",
-                "wave": wave,
-                "wave_kind": wave,
-                "wave_opens_at": None,
-                "instrument": instrument,
-                "instrument_version_id": 1,
-                "relation": relation,
-                "person_id": person,
-                "subject_id": subject[0] if subject else None,
-                "home": "Willow Court",
-                "role": "care_worker",
-                "item_id": item_id,
-                "value": value,
-                "channel": "sms",
-                "completed": True,
-            }
-        )
-    return pd.DataFrame(records, columns=ANSWER_COLUMNS)
+    """Care workers' answers by SMS: (wave, person_id, item_id, value[, subject_id])."""
+    return answers_of(rows, instrument, role="care_worker", channel="sms", relation=relation)
 
 
 def _waves(pre, post, item="morale", pre_people=None, post_people=None):

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from reports.disclosure import SUPPRESSED
-from reports.frames import ANSWER_COLUMNS, ITEM_COLUMNS
 from reports.scales import (
     RELIABILITY_COLUMNS,
     SCALE_SCORE_COLUMNS,
@@ -18,46 +17,21 @@ from reports.scales import (
     scale_scores,
     score,
 )
+from tests.support.frames import answers_of, items_of
 
 WELLBEING = ("stress", "enthusiasm", "feeling_valued", "job_satisfaction")
 
 
 def _items(rows, version=1, instrument="manager_self_report"):
     """Items on a 1-5 scale: (item_id, reverse, scales)."""
-    return pd.DataFrame(
-        [
-            [instrument, version, position, item_id, item_id, 1, 5, reverse, scales]
-            for position, (item_id, reverse, scales) in enumerate(rows, start=1)
-        ],
-        columns=ITEM_COLUMNS,
-    )
+    return items_of(rows, instrument, version)
 
 
 def _answers(rows, instrument="manager_self_report", version=1, relation=None):
-    """Answers of (wave, person_id, item_id, value[, subject_id])."""
-    records = []
-    for n, (wave, person, item_id, value, *subject) in enumerate(rows):
-        records.append(
-            {
-                "invitation_id": n,
-                "cohort": "c1",
-                "wave": wave,
-                "wave_kind": wave,
-                "wave_opens_at": None,
-                "instrument": instrument,
-                "instrument_version_id": version,
-                "relation": relation,
-                "person_id": person,
-                "subject_id": subject[0] if subject else None,
-                "home": "Willow Court",
-                "role": "manager",
-                "item_id": item_id,
-                "value": value,
-                "channel": "web",
-                "completed": True,
-            }
-        )
-    return pd.DataFrame(records, columns=ANSWER_COLUMNS)
+    """Managers' answers on the web: (wave, person_id, item_id, value[, subject_id])."""
+    return answers_of(
+        rows, instrument, role="manager", channel="web", version=version, relation=relation
+    )
 
 
 def _wellbeing_items():

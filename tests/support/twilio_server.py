@@ -47,7 +47,6 @@ import email.utils
 import ipaddress
 import json
 import logging
-import math
 import re
 import secrets
 import signal
@@ -65,6 +64,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import requests
 from twilio.request_validator import RequestValidator
 
+from tests.support.twilio_forms import API_VERSION, inbound_form, num_segments
+
 if TYPE_CHECKING:
     from twilio.rest import Client
 
@@ -80,7 +81,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-API_VERSION = "2010-04-01"
 DEFAULT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 DEFAULT_AUTH_TOKEN = "fedcba9876543210" * 2
 DEFAULT_PHONE_NUMBER = "+447700900000"
@@ -120,25 +120,6 @@ _MESSAGES_PATH = re.compile(
 )
 _MAX_BODY = 1600
 _MAX_PAGE_SIZE = 1000
-
-_GSM7_BASIC = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM7_EXTENSION = set("\f^{}\\[~]|€")
-
-
-def num_segments(body: str) -> int:
-    """How many SMS segments `body` takes: GSM-7 (160, or 153 when split) else UCS-2 (70/67)."""
-    if not body:
-        return 1
-    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in body):
-        units = sum(2 if c in _GSM7_EXTENSION else 1 for c in body)
-        single, multi = 160, 153
-    else:
-        units = len(body.encode("utf-16-le")) // 2
-        single, multi = 70, 67
-    return 1 if units <= single else math.ceil(units / multi)
 
 
 def _rfc2822(moment: dt.datetime | None) -> str | None:
@@ -749,27 +730,7 @@ class FakeTwilio:
         Returns the `requests.Response` (status_code, text, headers).
         """
         sid = message_sid or _new_sid("SM")
-        params: dict[str, str] = {
-            "ToCountry": "GB",
-            "ToState": "",
-            "SmsMessageSid": sid,
-            "NumMedia": "0",
-            "ToCity": "",
-            "FromZip": "",
-            "SmsSid": sid,
-            "FromState": "",
-            "SmsStatus": "received",
-            "FromCity": "",
-            "Body": body,
-            "FromCountry": "GB",
-            "To": to or self.phone_number,
-            "ToZip": "",
-            "NumSegments": str(num_segments(body)),
-            "MessageSid": sid,
-            "AccountSid": self.account_sid,
-            "From": from_,
-            "ApiVersion": API_VERSION,
-        }
+        params = inbound_form(sid, self.account_sid, from_, to or self.phone_number, body)
         if self.messaging_service_sid:
             params["MessagingServiceSid"] = self.messaging_service_sid
         params.update(extra or {})
