@@ -228,13 +228,14 @@ class Outbound:
         the invitation in `invitation_email`'s or `reminder_email`'s words."""
         definition = definition_of(invitation.instrument_version)
         subject = invitation.subject if invitation.rater_relation != "self" else None
+        # Both give the closing date in the programme's time zone (a wave closing at 23:30
+        # UTC in June closes on the next day in London); a reminder also thanks someone
+        # who has started.
+        closes = self._local_close(invitation)
         if reminder:
-            # A reminder gives the closing date in the programme's time zone and thanks
-            # someone who has started; an invitation formats `closes_at` as stored.
             words = partial(reminder_email, started=invitation.status == "started")
-            closes = self._local_close(invitation)
         else:
-            words, closes = invitation_email, invitation.wave.closes_at
+            words = invitation_email
         return words(
             given_name=invitation.person.given_name,
             programme=invitation.wave.cohort.programme.name,

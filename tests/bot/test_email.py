@@ -11,12 +11,13 @@ import shutil
 import socket
 import ssl
 import subprocess
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 
 from bot.outbound import Outbound
-from bot.transports import DevPhone, SendError, SmtpMail, make_transports
+from bot.transports import DevMailbox, DevPhone, SendError, SmtpMail, make_transports
 from storage.models import Invitation, Message, OptOut
 from surveys.invitations import open_wave
 from surveys.wording import invitation_email
@@ -122,7 +123,7 @@ def test_a_manager_invitation_arrives_with_every_header_and_both_parts(
     stored = session.scalars(select(Message)).one()
     link = f"{BASE_URL}/s/{invitation.token}"
     unsubscribe = f"{BASE_URL}/u/{invitation.token}"
-    closing = wave.closes_at.strftime("%A %-d %B %Y")
+    closing = wave.closes_at.astimezone(ZoneInfo(programme.timezone)).strftime("%A %-d %B %Y")
 
     assert smtp.envelopes == [(MAIL_FROM, [manager.email])]
     assert received["From"] == MAIL_FROM and received["To"] == manager.email
@@ -592,3 +593,18 @@ def test_a_manager_goes_from_the_email_in_the_inbox_to_a_completed_self_report(
     assert stored == given and len(stored) == 15
     invitation = session.scalars(select(Invitation)).one()
     assert (invitation.status, invitation.person_id) == ("completed", manager.id)
+
+
+def test_the_invitation_gives_the_closing_day_where_the_programme_is(session, factory, app):
+    # 23:30 UTC on Wednesday 30 June 2027 is 00:30 on Thursday 1 July in London.
+    home = factory.home("Willow Court")
+    factory.person(home, role="manager")
+    closes = dt.datetime(2027, 6, 30, 23, 30, tzinfo=dt.UTC)
+    programme, wave = factory.programme([home], SELF_REPORT, opens=NOW, closes=closes)
+    programme.timezone = "Europe/London"
+    open_wave(session, wave, NOW)
+    outbound = Outbound(_settings(app), DevPhone(), DevMailbox())
+    assert outbound.send_pending(session, NOW) == 1
+    stored = session.scalars(select(Message)).one()
+    assert "Thursday 1 July 2027" in stored.subject and "Thursday 1 July 2027" in stored.body
+    assert "30 June" not in stored.body
