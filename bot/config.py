@@ -25,6 +25,9 @@ from limits.storage import SCHEMES as RATE_LIMIT_STORAGE_SCHEMES
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+# Also registers the database:// scheme with limits (RATE_LIMIT_STORAGE_SCHEMES).
+from storage.rate_limits import DATABASE_STORAGE_URI
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the setting and the reason."""
@@ -61,9 +64,12 @@ class RateLimits:
     """Request rate limits (see `bot.security`), each a flask-limiter string such as
     `30/minute;300/hour`, or None where the setting says `off`."""
 
-    storage_uri: str = "memory://"
-    """Where counts are kept: `memory://` counts in each process (each gunicorn worker
-    separately); a shared store such as `redis://host:6379/0` counts for all of them."""
+    storage_uri: str = DATABASE_STORAGE_URI
+    """Where counts are kept: `database://` in the app's own database (table
+    `rate_limit_counters`, see `storage.rate_limits`), shared by every gunicorn worker and
+    kept across restarts; `memory://` in each process (each worker counts separately and a
+    restart forgets); or a store such as `redis://host:6379/0` once its client library is
+    installed. Loaded settings default to `default_rate_limit_store(DATABASE_URL)`."""
     links: str | None = "30/minute;300/hour"
     """Survey, unsubscribe and manager-report links (`/s/`, `/u/`, `/my-360/`), per address."""
     survey: str | None = "120/minute;1200/hour"
@@ -233,9 +239,17 @@ RATE_LIMIT_SETTINGS = {
 """`RateLimits` field -> the environment variable that sets it."""
 
 
-def _rate_limits(env: Mapping[str, Any]) -> RateLimits:
+def default_rate_limit_store(database_url: str) -> str:
+    """Where rate limits count unless RATELIMIT_STORAGE_URI says: in the app's database on
+    PostgreSQL, shared by every gunicorn worker; in memory on SQLite, which serves one
+    development process, and where a count written between a request's read and its write
+    would make that write fail ("database is locked" in WAL mode)."""
+    backend = make_url(database_url).get_backend_name()
+    return DATABASE_STORAGE_URI if backend == "postgresql" else "memory://"
+
+
+def _rate_limits(env: Mapping[str, Any], database_url: str) -> RateLimits:
     """RATELIMIT_*: limits such as `30/minute;300/hour` (or `off`), and where to count."""
-    defaults = RateLimits()
     values: dict[str, str | None] = {}
     for attribute, name in RATE_LIMIT_SETTINGS.items():
         text = _get(env, name)
@@ -251,14 +265,21 @@ def _rate_limits(env: Mapping[str, Any]) -> RateLimits:
                 f"{name}={text!r} is not a rate limit such as 30/minute;300/hour (or off)"
             ) from None
         values[attribute] = text
-    uri = _get(env, "RATELIMIT_STORAGE_URI") or defaults.storage_uri
+    uri = _get(env, "RATELIMIT_STORAGE_URI") or default_rate_limit_store(database_url)
     scheme = uri.partition("://")[0] if "://" in uri else "(no scheme)"
     # The app is synchronous: an async+ storage would never be awaited.
     if scheme not in RATE_LIMIT_STORAGE_SCHEMES or scheme.startswith("async+"):
         # The scheme only: the rest of the URI may hold a password.
         raise ConfigError(
-            f"RATELIMIT_STORAGE_URI: {scheme!r} is not a rate-limit store; use memory:// or "
-            "one such as redis://host:6379/0"
+            f"RATELIMIT_STORAGE_URI: {scheme!r} is not a rate-limit store; use "
+            f"{DATABASE_STORAGE_URI} (the app's database, the default), memory:// or one "
+            "such as redis://host:6379/0"
+        )
+    if scheme == "database" and uri != DATABASE_STORAGE_URI:
+        # Not echoed: someone may have put a database URL with its password here.
+        raise ConfigError(
+            f"RATELIMIT_STORAGE_URI: write just {DATABASE_STORAGE_URI}, which counts in the "
+            "app's own database (DATABASE_URL)"
         )
     return RateLimits(storage_uri=uri, **values)
 
@@ -308,8 +329,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     if not proxies.isdigit():
         raise ConfigError(f"TRUSTED_PROXIES={proxies!r} is not a whole number (proxies in front)")
     default_db = f"sqlite:///{instance_path / 'carepulse.sqlite3'}"
+    database_url = _database_url(_get(env, "DATABASE_URL") or default_db)
     return Settings(
-        database_url=_database_url(_get(env, "DATABASE_URL") or default_db),
+        database_url=database_url,
         public_base_url=base,
         secret_key=_secret_key(env, instance_path, production=bool(twilio or smtp)),
         timezone=tz,
@@ -319,5 +341,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         smtp=smtp,
         trusted_proxies=int(proxies),
         send_rate=_send_rate(env),
-        rate_limits=_rate_limits(env),
+        rate_limits=_rate_limits(env, database_url),
     )

@@ -12,7 +12,9 @@ fields or a multipart field larger than `MAX_FORM_MEMORY_SIZE` is refused with 4
 plain page, or JSON under `/api/`) before a view reads it. Werkzeug counts the fields of
 multipart forms only; urlencoded forms are counted here.
 
-Rate limits (flask-limiter, one limiter per app; limits from `bot.config.RateLimits`):
+Rate limits (flask-limiter, one limiter per app; limits from `bot.config.RateLimits`),
+counted by default on PostgreSQL in the app's own database (`storage.rate_limits`), so
+that every worker and every restart counts against one budget (in memory on SQLite):
 
 - links (`/s/`, `/u/`, `/my-360/`): per client address, one budget for the three. The
   tokens cannot be guessed; the limit stops scans and floods.
@@ -47,6 +49,8 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from werkzeug.wrappers import Response as WebResponse
 
 from bot.config import ConfigError, RateLimits
+from storage import db as storage_db
+from storage.rate_limits import DATABASE_STORAGE_URI
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,9 @@ MAX_FORM_MEMORY_SIZE = 64 * 1024
 
 LIMITER = "carepulse.limiter"
 THROTTLE = "carepulse.login_throttle"
-"""Keys of the app's `Limiter` and `LoginThrottle` in `app.extensions`."""
+RATE_LIMIT_ENGINE = "carepulse.rate_limit_engine"
+"""Keys of the app's `Limiter`, `LoginThrottle` and (counting in the database) the engine
+the counts go through, in `app.extensions`."""
 
 TOO_MANY = "There have been too many requests in a short time. Wait a minute, then try again."
 TOO_MANY_API = "too many requests with this API token; wait (see Retry-After), then try again"
@@ -173,16 +179,34 @@ def install(app: Flask) -> None:
 
 
 def _limiter(app: Flask, settings: RateLimits) -> Limiter:
+    options: dict[str, Any] = {}
+    if settings.storage_uri == DATABASE_STORAGE_URI:
+        # The app's database, so every worker on it shares the counts, through an engine
+        # of its own: counting never touches a request's session or waits for a connection
+        # of the requests' pool, and the app's engine sees only the app's own queries.
+        # A small pool (a request uses one connection at a time, briefly), and no ping
+        # before each use: a round trip per count. A connection the server dropped fails
+        # once; the pool then starts afresh, and flask-limiter counts in memory meanwhile.
+        engine = storage_db.make_engine(
+            app.config["CAREPULSE"].database_url,
+            pool_size=2,
+            max_overflow=8,
+            pool_pre_ping=False,
+        )
+        app.extensions[RATE_LIMIT_ENGINE] = engine
+        options["engine"] = engine
     try:
         return Limiter(
             key_func=client_address,
             app=app,
             storage_uri=settings.storage_uri,
+            storage_options=options,
             # Counts a window that slides: "5 in 15 minutes" holds across a window's edge.
             strategy="sliding-window-counter",
             headers_enabled=True,  # Retry-After on a 429, and X-RateLimit-* for API clients
-            # The store unreachable (Redis down): count in this process for now, and never
-            # turn a survey link into an error page because of it.
+            # The store unreachable (the database or Redis down, or not migrated yet): count
+            # in this process for now, and never turn a survey link into an error page
+            # because of it.
             in_memory_fallback_enabled=True,
             swallow_errors=True,
         )
@@ -254,7 +278,8 @@ class LoginThrottle:
     per_address: list[RateLimitItem]
 
     def _account(self, email: str) -> str:
-        # Keyed, hashed: the store (perhaps a shared Redis) never holds an email address.
+        # Keyed, hashed: the store (the database's table, perhaps a shared Redis) never
+        # holds an email address.
         normalised = email.strip().casefold().encode()
         return hmac.new(self.secret.encode(), normalised, hashlib.sha256).hexdigest()[:32]
 

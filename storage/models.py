@@ -579,3 +579,22 @@ class AuditEvent(Base):
         Index("ix_audit_events_action_at", "action", "at"),
         Index("ix_audit_events_actor_at", "actor", "at"),
     )
+
+
+class RateLimitCounter(Base):
+    """One rate-limit count (`storage.rate_limits.DatabaseStorage`), shared by every web
+    worker and kept across restarts.
+
+    `key` is what flask-limiter counts by and the window (a client address, an invitation
+    id, a digest of an API token or a keyed digest of a sign-in email), never an email
+    address or phone number. A count whose `expires_at` has passed counts as nothing and is
+    deleted now and then.
+    """
+
+    __tablename__ = "rate_limit_counters"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+
+    __table_args__ = (Index("ix_rate_limit_counters_expires_at", "expires_at"),)

@@ -163,3 +163,23 @@ def test_app_factory_uses_test_config(tmp_path):
     assert app.config["TESTING"] is True
     assert app.config["SECRET_KEY"] == "s" * 20
     assert "devtools" in app.blueprints
+
+
+def test_rate_limits_count_in_postgresql_and_in_memory_on_sqlite_unless_told(tmp_path):
+    postgres = "postgresql+psycopg://carepulse@db.example/carepulse"
+    on_postgres = settings(tmp_path, DATABASE_URL=postgres, RATELIMIT_STORAGE_URI="")
+    assert on_postgres.rate_limits.storage_uri == "database://"
+    # SQLite serves one development process: nothing to share, and a count written between
+    # a request's read and its write would lock that write out.
+    assert settings(tmp_path).rate_limits.storage_uri == "memory://"
+    on_sqlite = settings(tmp_path, RATELIMIT_STORAGE_URI="database://")
+    assert on_sqlite.rate_limits.storage_uri == "database://"
+    memory = settings(tmp_path, DATABASE_URL=postgres, RATELIMIT_STORAGE_URI="memory://")
+    assert memory.rate_limits.storage_uri == "memory://"
+
+
+def test_the_database_rate_limit_store_takes_no_url_of_its_own(tmp_path):
+    with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI") as refused:
+        settings(tmp_path, RATELIMIT_STORAGE_URI="database://carepulse:s3cret@db.example/limits")
+    assert "database://" in str(refused.value) and "DATABASE_URL" in str(refused.value)
+    assert "s3cret" not in str(refused.value)

@@ -540,6 +540,142 @@ def test_the_api_is_limited_per_token(engine, database_url, tmp_path, session):
     assert client.get("/api/v1/programmes", headers=_bearer(second)).status_code == 200
 
 
+# --- one count for every worker, kept across restarts ------------------------------------
+
+MID_WINDOW = dt.datetime(2027, 3, 1, 9, 37, 30, tzinfo=dt.UTC)
+"""Halfway through a minute, a quarter of an hour and far from the hour's edges: a test
+that starts here (the clock running on) never crosses a window's edge, where the sliding
+window lets the previous window's count fade."""
+
+
+SHARED_COUNTS = {"RATELIMIT_STORAGE_URI": "database://"}
+
+
+def _workers(database_url: str, tmp_path: Path, count: int = 2, **settings) -> list:
+    """`count` apps built from the same settings on one database, as gunicorn's workers are
+    (counting in the database, as they do on PostgreSQL by default, unless told otherwise)."""
+    settings = {**SHARED_COUNTS, **settings}
+    return [_make_app(database_url, tmp_path, **settings) for _ in range(count)]
+
+
+def _stored_counts(engine) -> dict[str, int]:
+    from storage.models import RateLimitCounter
+
+    with engine.connect() as conn:
+        return dict(conn.execute(select(RateLimitCounter.key, RateLimitCounter.count)).all())
+
+
+def test_failed_sign_ins_on_different_workers_count_against_one_limit(
+    engine, database_url, tmp_path, session, time_machine
+):
+    time_machine.move_to(MID_WINDOW, tick=True)
+    _accounts(session)
+    workers = _workers(
+        database_url,
+        tmp_path,
+        RATELIMIT_LOGIN_ACCOUNT="4/15 minutes",
+        RATELIMIT_LOGIN_ADDRESS="50/hour",
+    )
+    # The load balancer sends the attempts to one worker, then the other.
+    statuses = [
+        _sign_in(workers[n % 2].test_client(), "admin@example.org", f"guess {n}").status_code
+        for n in range(4)
+    ]
+    assert statuses == [200] * 4  # each checked (and refused as a wrong password)
+    for worker in workers:
+        refused = _sign_in(worker.test_client(), "admin@example.org", PASSWORD)
+        assert refused.status_code == 429
+        assert "Too many attempts to sign in" in _text(refused)
+
+
+def test_with_memory_counting_each_worker_counts_only_its_own_attempts(
+    engine, database_url, tmp_path, session, time_machine
+):
+    time_machine.move_to(MID_WINDOW, tick=True)
+    _accounts(session)
+    workers = _workers(
+        database_url,
+        tmp_path,
+        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_LOGIN_ACCOUNT="4/15 minutes",
+    )
+    for n in range(4):
+        assert (
+            _sign_in(workers[n % 2].test_client(), "admin@example.org", "guess").status_code == 200
+        )
+    # Two failures on each: neither worker has seen four.
+    assert _sign_in(workers[0].test_client(), "admin@example.org", PASSWORD).status_code == 303
+    assert _stored_counts(engine) == {}
+
+
+def test_link_requests_on_different_workers_count_against_one_budget(
+    engine, database_url, tmp_path, time_machine
+):
+    time_machine.move_to(MID_WINDOW, tick=True)
+    workers = _workers(database_url, tmp_path, count=3, RATELIMIT_LINKS="5/minute;100/hour")
+    scanner = {"REMOTE_ADDR": "203.0.113.9"}
+    statuses = [
+        workers[n % 3].test_client().get("/s/" + "A" * 32, environ_base=scanner).status_code
+        for n in range(5)
+    ]
+    assert statuses == [404] * 5
+    for worker in workers:
+        _is_too_many(worker.test_client().get("/s/" + "B" * 32, environ_base=scanner))
+    elsewhere = {"REMOTE_ADDR": "203.0.113.10"}
+    assert workers[0].test_client().get("/u/unknown", environ_base=elsewhere).status_code == 404
+
+
+def test_counts_are_kept_across_a_restart_until_their_window_has_passed(
+    engine, database_url, tmp_path, session, time_machine
+):
+    time_machine.move_to(MID_WINDOW, tick=True)
+    _accounts(session)
+    limits = {"RATELIMIT_LOGIN_ACCOUNT": "3/15 minutes", "RATELIMIT_LINKS": "2/hour"}
+    limits.update(SHARED_COUNTS)
+    before = _make_app(database_url, tmp_path, **limits)
+    assert _sign_in(before.test_client(), "eval@example.org", "guess 1").status_code == 200
+    assert _sign_in(before.test_client(), "eval@example.org", "guess 2").status_code == 200
+    assert before.test_client().get("/u/unknown").status_code == 404
+    assert before.test_client().get("/u/unknown").status_code == 404
+
+    after = _make_app(database_url, tmp_path, **limits)  # the service restarted
+    assert _sign_in(after.test_client(), "eval@example.org", "guess 3").status_code == 200
+    assert _sign_in(after.test_client(), "eval@example.org").status_code == 429
+    _is_too_many(after.test_client().get("/u/unknown"))
+
+    # Two windows on, the sliding window has let the failures go.
+    time_machine.move_to(MID_WINDOW + dt.timedelta(minutes=30), tick=True)
+    assert _sign_in(after.test_client(), "eval@example.org").status_code == 303
+
+
+def test_the_stored_counts_hold_no_email_address_or_phone_number(
+    engine, database_url, tmp_path, session, time_machine
+):
+    time_machine.move_to(MID_WINDOW, tick=True)
+    _accounts(session)
+    app = _make_app(database_url, tmp_path, **SHARED_COUNTS)
+    here = {"REMOTE_ADDR": "198.51.100.4"}
+    for who in ("Admin@Example.org", "admin@example.org", "+447700900123", "07700 900123"):
+        assert _sign_in(app.test_client(), who, "guess", **here).status_code == 200
+    keys = list(_stored_counts(engine))
+    # One count per account tried (an email's case does not matter) and one for the address.
+    assert sum("login-account" in key for key in keys) == 3
+    assert sum("login-address" in key and "198.51.100.4" in key for key in keys) == 1
+    stored = " ".join(keys).casefold()
+    for raw in ("admin", "example.org", "@", "7700900123", "7700 900123", "447700900123"):
+        assert raw not in stored
+
+
+def test_without_the_counts_table_links_still_answer_and_are_limited_in_memory(tmp_path):
+    # A database not migrated yet (or unreachable): the counting falls back to this process.
+    unmigrated = f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}"
+    app = _make_app(unmigrated, tmp_path, RATELIMIT_LINKS="2/hour", **SHARED_COUNTS)
+    client = app.test_client()
+    statuses = [client.get("/s/not-a-survey-token").status_code for _ in range(2)]
+    assert statuses == [404, 404]
+    _is_too_many(client.get("/s/not-a-survey-token"))
+
+
 # --- request size -------------------------------------------------------------------------
 
 MIB = 1024 * 1024
