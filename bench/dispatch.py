@@ -79,13 +79,17 @@ print(json.dumps({"seconds": time.perf_counter() - start, "cpu": time.process_ti
 """
 
 DISPATCHER = """
-import datetime as dt, json, sys, time
+import datetime as dt, json, signal, sys, threading, time
+# First of all: the benchmark may send SIGTERM before this process has done anything (a
+# small run can be over by then), and that must stop it gracefully, never kill it.
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
 from bot import create_app
 from bot.dispatch import DispatcherOptions, run_dispatcher
 app = create_app()
 start_cpu = time.process_time()
 options = DispatcherOptions(threads=int(sys.argv[2]), reconcile_every=3600)
-report = run_dispatcher(app, sys.argv[1], poll_seconds=0.02, options=options)
+report = run_dispatcher(app, sys.argv[1], poll_seconds=0.02, options=options, stop_event=stop)
 print(json.dumps({"cpu": time.process_time() - start_cpu, "sent": report.sent}))
 """
 
