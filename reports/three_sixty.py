@@ -13,9 +13,10 @@ a mean of item means would weigh raters by how many items they answered, and cou
 solved for an item whose figure is suppressed.
 
 Groups: "self", each relation, and "others": the relation groups that are shown, pooled
-(one mean over their raters). A relation group with fewer raters on a measure than its
-`min_raters` is suppressed whole (its count too) and is not folded into "others", so that
-"others" less the groups shown cannot reveal it. `gap` is a group's mean less the self
+(one mean over their raters; suppressed itself when no relation group is shown). A
+relation group with fewer raters on a measure than its `min_raters` is suppressed whole
+(its count too) and is not folded into "others", so that "others" less the groups shown
+cannot reveal it. `gap` is a group's mean less the self
 mean (for "others": others - self); `change` is the difference from the same group's
 mean in the previous wave (waves ordered by `wave_opens_at`); either is suppressed when a
 figure it rests on is. The change of "others" compares whichever groups were shown in each
@@ -242,12 +243,13 @@ def _summarise(scores: pd.DataFrame, cell: list[str], rule: ShownRule) -> pd.Dat
     shown = groups.loc[groups["shown"] & (groups["group"] != SELF), [*cell, "group"]]
     pooled = scores.merge(shown.rename(columns={"group": "relation"}), on=[*cell, "relation"])
     others = _counted(pooled, cell)
-    # A cell whose raters were all suppressed still gets an "others" row, empty (n = 0).
+    # A cell whose raters were all suppressed still gets an "others" row, suppressed: "0
+    # raters" would tell a manager that nobody rated them, when some did, too few to show.
     rated = groups.loc[groups["group"] != SELF, cell].drop_duplicates()
     others = rated.merge(others, on=cell, how="left")
     others = others.fillna({"n_managers": 0, "n_raters": 0})
     others = others.astype({"n_managers": "int64", "n_raters": "int64"})
-    others = others.assign(group=OTHERS, shown=True)
+    others = others.assign(group=OTHERS, shown=others["n_raters"] > 0)
     table = pd.concat([groups, others], ignore_index=True)[columns]
     return table.astype({"shown": bool})
 

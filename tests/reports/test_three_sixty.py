@@ -136,11 +136,11 @@ def test_a_staff_group_at_its_minimum_is_shown_and_pooled_into_others():
     ]
 
 
-def test_others_is_empty_when_every_rater_group_is_suppressed():
+def test_others_is_suppressed_when_every_rater_group_is_suppressed():
+    # Two peers rated manager 7: too few to show, but not "0 raters" either.
     answers = _frame(_ratings(7, "self", [4]), _ratings(7, "peer", [2, 2]))
     others = _row_of(self_vs_others(answers, ITEMS, MIN_RATERS), "others")
-    assert others["n_raters"] == 0
-    assert pd.isna(others["mean"]) and pd.isna(others["gap"])
+    assert (others["n_raters"], others["mean"], others["gap"]) == (SUPPRESSED,) * 3
 
 
 def test_a_relation_without_a_configured_minimum_needs_five_raters():
@@ -193,8 +193,8 @@ def test_change_is_the_difference_from_the_same_group_in_the_previous_wave():
     # Four staff at the end: suppressed, and so is any change that would rest on them.
     assert _row_of(table, "staff", wave="end")["change"] == SUPPRESSED
     assert _row_of(table, "self", wave="end")["change"] == pytest.approx(1.0)
-    # Others at the end has nobody shown, so there is no figure to compare.
-    assert pd.isna(_row_of(table, "others", wave="end")["change"])
+    # Others at the end has nobody shown: suppressed, and so is its change.
+    assert _row_of(table, "others", wave="end")["change"] == SUPPRESSED
 
     kept = self_vs_others(answers, ITEMS, MIN_RATERS, waves=["end", "baseline"])
     assert set(kept["wave"]) == {"baseline", "end"}
