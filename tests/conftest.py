@@ -7,6 +7,7 @@ sets it). Migrations run once per session, exactly as in production.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from storage import db as storage_db
-from storage.models import Base
+from storage.models import Base, Wave, WaveInstrument
+from tests.support.web import make_app, twilio_settings
 
 
 @pytest.fixture(scope="session")
@@ -83,18 +85,7 @@ def session(engine: Engine) -> Iterator[Session]:
 @pytest.fixture
 def app(engine: Engine, database_url: str, tmp_path: Path):
     """The Flask app on the test database, with embedded development transports."""
-    from bot import create_app
-
-    application = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-        }
-    )
-    yield application
+    yield make_app(database_url, tmp_path)
 
 
 @pytest.fixture
@@ -186,6 +177,40 @@ class Factory:
         self.session.flush()
         return programme, wave
 
+    def later_wave(
+        self,
+        earlier: Wave,
+        *,
+        opens: dt.datetime,
+        closes: dt.datetime | None = None,
+        key: str = "end",
+        kind: str = "end",
+        name: str | None = None,
+    ) -> Wave:
+        """A wave of `earlier`'s cohort asking again what `earlier` asked (the same
+        instrument versions, audiences and channels), as an end wave repeats its baseline:
+        open from `opens` to `closes` (14 days later unless given), named "End" (after
+        `key`) unless `name` is given."""
+        # Read all of `earlier` first: a lazy load once the new wave hangs off the cohort
+        # would autoflush before the wave is in the session.
+        cohort = earlier.cohort
+        asks = [(a.instrument_version, a.audience, a.channel) for a in earlier.instruments]
+        wave = Wave(
+            cohort=cohort,
+            key=key,
+            kind=kind,
+            name=name or key.capitalize(),
+            opens_at=opens,
+            closes_at=closes or opens + dt.timedelta(days=14),
+            instruments=[
+                WaveInstrument(instrument_version=version, audience=audience, channel=channel)
+                for version, audience, channel in asks
+            ],
+        )
+        self.session.add(wave)
+        self.session.flush()
+        return wave
+
 
 @pytest.fixture
 def factory(session: Session) -> Factory:
@@ -235,24 +260,16 @@ def live_twilio_app(engine, database_url, tmp_path, twilio_fake, request):
 
     from werkzeug.serving import make_server
 
-    from bot import create_app
-
     port = _free_port()
     config = {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key-for-the-suite",
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "TWILIO_ACCOUNT_SID": TWILIO_SID,
-        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-        "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
+        **twilio_settings(),
         "TWILIO_API_BASE_URL": twilio_fake.base_url,
     }
     marker = request.node.get_closest_marker("app_config")
     if marker:
         config.update(marker.args[0])
-    app = create_app(config)
+    app = make_app(database_url, tmp_path, **config)
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()

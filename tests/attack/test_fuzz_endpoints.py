@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, select
 
-from bot import create_app
 from bot.cli import cli
 from bot.manager_reports import report_token
 from reports.service import TABLE_TITLES
@@ -34,10 +33,9 @@ from storage.models import Invitation
 from surveys.answers import complete_response, record_answer
 from surveys.catalogue import definition_of
 from surveys.invitations import open_wave
-from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN
 from tests.support.hostile import as_header_value, hostile_text
+from tests.support.web import PASSWORD, csrf_token, make_app, sign_in, twilio_settings
 
-PASSWORD = "correct horse battery"
 NOW = dt.datetime.now(dt.UTC)
 STAFF_360 = {
     "subject_role": "manager",
@@ -188,24 +186,14 @@ def _request(draw, world: World, rules: list[Any]) -> dict[str, Any]:
 
 def _twilio_app(database_url: str, tmp_path) -> Flask:
     """A deployment with Twilio and SMTP configured (no development phone or mailbox)."""
-    return create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "twilio-instance"),
-            "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": "9",
-            "MAIL_FROM": "surveys@carepulse.example.org",
-        }
+    return make_app(
+        database_url,
+        tmp_path,
+        **twilio_settings(),
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT="9",
+        MAIL_FROM="surveys@carepulse.example.org",
     )
-
-
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @dataclass
@@ -219,20 +207,16 @@ class Caller:
 
 def _callers(app: Flask, twilio_app: Flask, world: World) -> dict[str, Caller]:
     stranger = Caller(app.test_client())
-    stranger.csrf = _CSRF.search(stranger.client.get("/login").get_data(as_text=True))[1]
+    stranger.csrf = csrf_token(stranger.client.get("/login").get_data(as_text=True))
     respondent = Caller(app.test_client())
     started = respondent.client.get(f"/s/{world.survey_tokens[0]}", follow_redirects=True)
     assert started.status_code == 200, started.get_data(as_text=True)
     page = respondent.client.get("/survey/q/1").get_data(as_text=True)
-    respondent.csrf = _CSRF.search(page)[1]
+    respondent.csrf = csrf_token(page)
+    # The admin's requests carry no CSRF token: with it, a fuzzed POST /logout would end
+    # the session for the rest.
     admin = Caller(app.test_client(), bearer=world.api_token)
-    admin.csrf = _CSRF.search(admin.client.get("/login").get_data(as_text=True))[1]
-    signed_in = admin.client.post(
-        "/login",
-        data={"csrf_token": admin.csrf, "email": "admin@example.org", "password": PASSWORD},
-    )
-    assert signed_in.status_code == 303
-    admin.csrf = ""  # with it, a fuzzed POST /logout would end the session for the rest
+    assert sign_in(admin.client, "admin@example.org").status_code == 303
     return {
         "stranger": stranger,
         "respondent": respondent,

@@ -30,7 +30,7 @@ from schemathesis.checks import (
 from sqlalchemy import select
 
 from storage.accounts import create_account, issue_token
-from storage.models import Invitation, Wave, WaveInstrument
+from storage.models import Invitation
 from surveys.answers import complete_response, record_answer
 from surveys.catalogue import definition_of
 from surveys.invitations import open_wave
@@ -85,23 +85,9 @@ def _answered_programme(session, factory) -> str:
     programme, baseline = factory.programme(
         [home], asks, opens=opens, closes=opens + dt.timedelta(days=14)
     )
-    end = Wave(
-        cohort=baseline.cohort,
-        key="end",
-        kind="end",
-        name="End",
-        opens_at=NOW - dt.timedelta(days=1),
-        closes_at=NOW + dt.timedelta(days=7),
+    end = factory.later_wave(
+        baseline, opens=NOW - dt.timedelta(days=1), closes=NOW + dt.timedelta(days=7)
     )
-    for asked in baseline.instruments:
-        end.instruments.append(
-            WaveInstrument(
-                instrument_version=asked.instrument_version,
-                audience=asked.audience,
-                channel=asked.channel,
-            )
-        )
-    session.add(end)
     for wave, at in ((baseline, opens), (end, NOW)):
         open_wave(session, wave, at)
         invitations = session.scalars(select(Invitation).where(Invitation.wave_id == wave.id))

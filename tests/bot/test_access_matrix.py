@@ -100,11 +100,7 @@ def test_an_evaluator_is_sent_to_the_reports_not_the_start_page(app, session, ro
     create_account(session, "e@example.org", PASSWORD, role)
     session.commit()
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    done = client.post(
-        "/login", data={"csrf_token": csrf, "email": "e@example.org", "password": PASSWORD}
-    )
+    done = sign_in(client, "e@example.org")
     assert done.headers["Location"].endswith("/dashboard/")
     assert client.get("/").status_code == 403
 

@@ -23,8 +23,8 @@ from storage import db as storage_db
 from storage.accounts import create_account, issue_token
 from storage.audit import address_digest, console_actor, record, safe_text
 from storage.models import AuditEvent, Person, Programme, utcnow
+from tests.support.web import PASSWORD, csrf_token, sign_in
 
-PASSWORD = "correct horse battery"
 KEY = "nwl-leadership-2027"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REPORT_DETAIL_KEYS = {"pre", "post", "filters"}
@@ -44,15 +44,6 @@ def _only(session, action: str) -> AuditEvent:
     events = _events(session, action)
     assert len(events) == 1, [(e.action, e.target, e.detail) for e in events]
     return events[0]
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def _sign_in(client, email: str, password: str = PASSWORD):
-    form = {"csrf_token": _csrf(client.get("/login").get_data(as_text=True))}
-    return client.post("/login", data={**form, "email": email, "password": password})
 
 
 def _accounts(session) -> dict[str, str]:
@@ -107,16 +98,16 @@ def _assert_nothing_personal(session, *secrets: str) -> None:
 
 def test_sign_in_sign_out_and_refused_sign_ins_are_recorded(app, client, session):
     _accounts(session)
-    assert _sign_in(client, "lead@example.org").status_code == 303
+    assert sign_in(client, "lead@example.org").status_code == 303
     event = _only(session, "sign_in")
     assert (event.actor, event.target, event.remote_addr) == ("lead@example.org", None, "127.0.0.1")
 
     page = client.get("/login").get_data(as_text=True)  # any page carries the logout token
-    client.post("/logout", data={"csrf_token": _csrf(page)})
+    client.post("/logout", data={"csrf_token": csrf_token(page)})
     assert _only(session, "sign_out").actor == "lead@example.org"
 
-    _sign_in(client, "lead@example.org", "not the password at all")
-    _sign_in(client, "Margaret.Okafor@willowcourt.example", PASSWORD)
+    sign_in(client, "lead@example.org", "not the password at all")
+    sign_in(client, "Margaret.Okafor@willowcourt.example", PASSWORD)
     known, unknown = _events(session, "sign_in_failed")
     assert (known.actor, known.target) == (None, "account:lead@example.org")
     assert (unknown.actor, unknown.target) == (None, None)
@@ -136,7 +127,7 @@ def test_sign_in_sign_out_and_refused_sign_ins_are_recorded(app, client, session
 
 def test_dashboard_views_and_downloads_each_leave_one_event(app, session, demo):
     lead = app.test_client()
-    _sign_in(lead, "lead@example.org")
+    sign_in(lead, "lead@example.org")
     query = "?home=Willow+Court"
     assert lead.get(f"/dashboard/{KEY}/{query}").status_code == 200
     view = _only(session, "report_view")
@@ -183,7 +174,7 @@ def test_dashboard_views_and_downloads_each_leave_one_event(app, session, demo):
 
 def test_refused_and_failed_requests_record_nothing(app, session, demo):
     evaluator = app.test_client()
-    _sign_in(evaluator, "eval@example.org")
+    sign_in(evaluator, "eval@example.org")
     before = len(_events(session))
     assert evaluator.get(f"/dashboard/{KEY}/wide.csv").status_code == 403
     assert evaluator.get(f"/dashboard/{KEY}/?role=manager").status_code == 403
@@ -221,7 +212,7 @@ def test_api_pulls_name_the_table_filters_and_token_prefix_never_the_token(
 
 def test_a_filter_value_that_looks_personal_is_withheld_not_stored(app, session, demo):
     lead = app.test_client()
-    _sign_in(lead, "lead@example.org")
+    sign_in(lead, "lead@example.org")
     typed = "margaret.okafor@willowcourt.example"
     # No home is called that: the report is refused before anything is read or recorded.
     assert lead.get(f"/dashboard/{KEY}/", query_string={"home": typed}).status_code == 400
@@ -331,7 +322,7 @@ def test_user_commands_are_recorded_without_passwords_or_tokens(runner, session)
 def _admin_client(app, session):
     _accounts(session)
     client = app.test_client()
-    _sign_in(client, "admin@example.org")
+    sign_in(client, "admin@example.org")
     return client
 
 
@@ -341,7 +332,7 @@ def test_only_admins_may_read_the_log(app, session, role_email):
     client = app.test_client()
     assert client.get("/admin/audit").status_code in (302, 303)
     assert "/login" in client.get("/admin/audit.csv").headers["Location"]
-    _sign_in(client, role_email)
+    sign_in(client, role_email)
     assert client.get("/admin/audit").status_code == 403
     assert client.get("/admin/audit.csv").status_code == 403
     assert _events(session, "audit_export") == []

@@ -19,20 +19,13 @@ from bot.account_commands import user_group
 from bot.demo import create_demo_accounts
 from storage.accounts import create_account, find_token, issue_token, remove_account, set_password
 from storage.models import Account, ApiToken, Programme
-
-PASSWORD = "correct horse battery"
+from tests.support.web import PASSWORD, csrf_token
 
 
 def _fresh(session):
     """End the test's transaction and forget loaded rows, to see what the app committed."""
     session.rollback()
     session.expire_all()
-
-
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, "no CSRF field on the page"
-    return match.group(1)
 
 
 def _accounts(session):
@@ -55,7 +48,11 @@ def _accounts(session):
 
 def _sign_in(client, email: str, password: str = PASSWORD, next_url: str | None = None):
     page = client.get("/login" + (f"?next={next_url}" if next_url else ""))
-    form = {"csrf_token": _csrf(page.get_data(as_text=True)), "email": email, "password": password}
+    form = {
+        "csrf_token": csrf_token(page.get_data(as_text=True)),
+        "email": email,
+        "password": password,
+    }
     if next_url is not None:
         form["next"] = next_url
     return client.post("/login", data=form)
@@ -88,7 +85,7 @@ def test_the_sign_in_page_is_a_labelled_form_with_a_csrf_token(client):
     assert page.status_code == 200
     assert '<label class="label" for="email">Email address</label>' in html
     assert 'autocomplete="current-password"' in html
-    assert len(_csrf(html)) >= 32
+    assert len(csrf_token(html)) >= 32
     assert page.headers["Cache-Control"] == "no-store"
 
 
@@ -122,7 +119,7 @@ def test_a_wrong_password_and_an_unknown_address_get_the_same_page(client, sessi
 
 def test_empty_fields_are_named_in_the_error_summary(client):
     page = client.get("/login")
-    response = client.post("/login", data={"csrf_token": _csrf(page.get_data(as_text=True))})
+    response = client.post("/login", data={"csrf_token": csrf_token(page.get_data(as_text=True))})
     html = response.get_data(as_text=True)
     assert "Error: Sign in" in html
     assert '<a href="#email">Enter your email address</a>' in html
@@ -145,7 +142,7 @@ def test_signing_in_starts_a_fresh_lasting_session(client, session):
     with client.session_transaction() as cookie:
         cookie["survey_invitation"] = 12345
         planted_csrf = cookie["account_csrf"]
-    form = {"csrf_token": _csrf(page.get_data(as_text=True)), "email": "admin@example.org"}
+    form = {"csrf_token": csrf_token(page.get_data(as_text=True)), "email": "admin@example.org"}
     response = client.post("/login", data={**form, "password": PASSWORD})
     assert "Expires=" in response.headers["Set-Cookie"]
     with client.session_transaction() as cookie:
@@ -174,7 +171,7 @@ def test_after_sign_in_only_paths_on_this_site_are_followed(client, session, ask
     response = client.post(
         "/login",
         data={
-            "csrf_token": _csrf(page.get_data(as_text=True)),
+            "csrf_token": csrf_token(page.get_data(as_text=True)),
             "email": "admin@example.org",
             "password": PASSWORD,
             "next": asked,
@@ -194,7 +191,7 @@ def test_signing_out_needs_the_csrf_token_then_ends_the_session(guarded_app, ses
     assert page.status_code == 200
 
     home = client.get("/").get_data(as_text=True)
-    out = client.post("/logout", data={"csrf_token": _csrf(home)})
+    out = client.post("/logout", data={"csrf_token": csrf_token(home)})
     assert out.status_code == 303 and out.headers["Location"] == "/login"
     assert "You have signed out." in client.get("/login").get_data(as_text=True)
     assert client.get("/test/leads").status_code == 302

@@ -25,6 +25,7 @@ from bot.transports import DevMailbox, DevPhone
 from storage import db as storage_db
 from storage.models import Invitation, Message, OutboxItem, Person
 from surveys.sms_inbox import InboundSms, handle_inbound
+from tests.support.web import make_app
 
 UTC = dt.UTC
 REMINDERS = {"after_days": [2, 5], "max": 2}
@@ -34,18 +35,8 @@ SELF_REPORT = ("manager_self_report", {"roles": ["manager"]}, "email")
 
 @pytest.fixture
 def settings(engine, database_url, tmp_path):
-    from bot import create_app
-
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "SEND_RATE_PER_SECOND": "0",  # no pacing: the suite need not wait
-        }
-    )
+    # No pacing: the suite need not wait.
+    app = make_app(database_url, tmp_path, SEND_RATE_PER_SECOND="0")
     return app.config["CAREPULSE"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from bot.cli import cli
 from bot.config import ConfigError, load_settings
@@ -32,12 +32,13 @@ from bot.dispatch import (
 from bot.outbound import Outbound
 from bot.transports import DevMailbox, DevPhone, TwilioSms
 from storage import db as storage_db
-from storage.models import Invitation, Message, OutboxItem, Person, utcnow
+from storage.models import Invitation, Message, OutboxItem, utcnow
 from surveys.invitations import open_wave, set_status
 from surveys.opt_outs import opt_out
 from surveys.outbox import enqueue
-from tests.support.bulk import insert_pending_invitations
+from tests.support.bulk import insert_care_workers, insert_pending_invitations
 from tests.support.send_window import daytime_zone
+from tests.support.web import twilio_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
@@ -555,9 +556,7 @@ class Dispatchers:
             "PUBLIC_BASE_URL": "http://127.0.0.1:9",
             "SECRET_KEY": "test-secret-key-for-the-suite",
             "INSTANCE_PATH": str(tmp_path / "instance"),
-            "TWILIO_ACCOUNT_SID": fake.account_sid,
-            "TWILIO_AUTH_TOKEN": fake.auth_token,
-            "TWILIO_FROM_NUMBER": "+447700900999",
+            **twilio_settings(),  # the account `fake` serves
             "TWILIO_MESSAGING_SERVICE_SID": "",
             "TWILIO_API_BASE_URL": fake.base_url,
             "SEND_RATE_PER_SECOND": "off",
@@ -616,22 +615,7 @@ def _bulk(session, factory, count: int) -> list[Invitation]:
     wave.opened_at = NOW
     wave.instruments[0].sms_mode = "link"  # a text with the survey link (conversations: above)
     session.flush()
-    people = [
-        {
-            "given_name": f"Bulk{i}",
-            "family_name": "Test",
-            "role": "care_worker",
-            "care_home_id": home.id,
-            "mobile": f"+447700{100000 + i:06d}",
-            "language": "en",
-            "active_from": dt.date(2020, 1, 1),
-            "created_at": NOW,
-            "updated_at": NOW,
-        }
-        for i in range(count)
-    ]
-    session.execute(insert(Person), people)
-    ids = session.scalars(select(Person.id).where(Person.care_home_id == home.id)).all()
+    ids = insert_care_workers(session, home.id, count, NOW)
     version = wave.instruments[0].instrument_version_id
     insert_pending_invitations(session, wave.id, version, ids, NOW)
     session.commit()

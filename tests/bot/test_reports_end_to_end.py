@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
-import re
 
 import requests
 from sqlalchemy import select
@@ -16,8 +15,9 @@ from bot.cli import cli
 from bot.outbound import Outbound
 from bot.transports import DevMailbox, TwilioSms
 from storage.accounts import create_account, issue_token
-from storage.models import Invitation, Wave, WaveInstrument
+from storage.models import Invitation, Wave
 from surveys.invitations import open_wave
+from tests.support.web import csrf_token
 
 NOW = dt.datetime.now(dt.UTC)
 STAFF = ["deputy_manager", "nurse", "senior_care_worker", "care_worker"]
@@ -51,7 +51,7 @@ def _answer_on_the_web(live, session, wave, worker, value):
     browser = requests.Session()
     assert browser.get(f"{live.url}/s/{token}").status_code == 200
     page = browser.get(f"{live.url}/survey/q/1").text
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = csrf_token(page)
     browser.post(f"{live.url}/survey/q/1", data={"csrf_token": csrf, "morale": str(value)})
     done = browser.post(f"{live.url}/survey/check", data={"csrf_token": csrf})
     assert done.status_code == 200
@@ -88,23 +88,13 @@ def test_sms_and_web_answers_reach_the_csv_and_the_api_identically(
         opens=NOW - dt.timedelta(hours=3),
         closes=NOW + dt.timedelta(days=7),
     )
-    version = baseline.instruments[0].instrument_version
     _collect(session, live_twilio_app, twilio_fake, baseline, workers, BEFORE)
 
     baseline = session.get(Wave, baseline.id)
     baseline.closes_at = NOW - dt.timedelta(minutes=1)
-    end = Wave(
-        cohort=baseline.cohort,
-        key="end",
-        kind="end",
-        name="End",
-        opens_at=NOW - dt.timedelta(hours=1),
-        closes_at=NOW + dt.timedelta(days=7),
+    end = factory.later_wave(
+        baseline, opens=NOW - dt.timedelta(hours=1), closes=NOW + dt.timedelta(days=7)
     )
-    end.instruments.append(
-        WaveInstrument(instrument_version=version, audience={"roles": STAFF}, channel="sms")
-    )
-    session.add(end)
     session.commit()
     _collect(session, live_twilio_app, twilio_fake, end, workers, AFTER)
 

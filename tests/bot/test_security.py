@@ -15,7 +15,6 @@ from markupsafe import escape
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
-from bot import create_app
 from bot.config import ConfigError
 from bot.manager_reports import report_token
 from bot.outbound import Outbound
@@ -24,11 +23,11 @@ from bot.transports import DevMailbox, DevPhone
 from storage.accounts import create_account, issue_token
 from storage.models import Invitation
 from surveys.invitations import open_wave
-from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN
+from tests.conftest import TWILIO_TOKEN
 from tests.support import browser as browser_support
+from tests.support.web import PASSWORD, csrf_token, make_app, twilio_settings
 
 NOW = dt.datetime.now(dt.UTC)
-PASSWORD = "correct horse battery"
 TEMPLATES = Path(__file__).resolve().parents[2] / "bot" / "templates"
 
 HOME = '"><img src=x onerror=alert(1)> Court'
@@ -77,12 +76,6 @@ def _text(response) -> str:
     return response.get_data(as_text=True)
 
 
-def _csrf(html: str) -> str:
-    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert match, html
-    return match.group(1)
-
-
 def _no_inline_code(html: str, where: str) -> None:
     parser = _InlineCode()
     parser.feed(html)
@@ -97,21 +90,9 @@ def _escaped(html: str, raw: str, where: str) -> None:
         assert raw not in html, f"{where} shows {raw!r} unescaped"
 
 
-def _make_app(database_url: str, tmp_path: Path, **settings):
-    config = {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret-key-for-the-suite",
-        "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-    }
-    config.update(settings)
-    return create_app(config)
-
-
 def _sign_in(client, email: str, password: str = PASSWORD, **environ):
     page = client.get("/login", environ_base=environ)
-    form = {"csrf_token": _csrf(_text(page)), "email": email, "password": password}
+    form = {"csrf_token": csrf_token(_text(page)), "email": email, "password": password}
     return client.post("/login", data=form, environ_base=environ)
 
 
@@ -189,7 +170,7 @@ def _every_page_type(app, world) -> dict[str, object]:
     rater = app.test_client()
     pages["survey start"] = rater.get(f"/s/{world['staff_360']}", follow_redirects=True)
     pages["question"] = rater.get("/survey/q/1")
-    csrf = _csrf(_text(pages["question"]))
+    csrf = csrf_token(_text(pages["question"]))
     pages["question error"] = rater.post("/survey/q/1", data={"csrf_token": csrf})
     pages["expired form"] = rater.post("/survey/q/1", data={"csrf_token": "forged"})
     pages["check answers"] = rater.get("/survey/check")
@@ -199,7 +180,7 @@ def _every_page_type(app, world) -> dict[str, object]:
 
     mailreader = app.test_client()
     pages["unsubscribe"] = mailreader.get(f"/u/{world['emailed']}")
-    unsubscribe_csrf = _csrf(_text(pages["unsubscribe"]))
+    unsubscribe_csrf = csrf_token(_text(pages["unsubscribe"]))
     pages["unsubscribe expired"] = mailreader.post(f"/u/{world['emailed']}", data={})
     pages["unsubscribed"] = mailreader.post(
         f"/u/{world['emailed']}", data={"csrf_token": unsubscribe_csrf}
@@ -285,7 +266,7 @@ def test_no_template_has_inline_script_style_or_event_handlers():
     ],
 )
 def test_hsts_is_sent_only_over_https(engine, database_url, tmp_path, settings, headers, expected):
-    app = _make_app(database_url, tmp_path, **settings)
+    app = make_app(database_url, tmp_path, **settings)
     response = app.test_client().get("/login", headers=headers)
     hsts = response.headers.get("Strict-Transport-Security")
     if not expected:
@@ -324,7 +305,7 @@ def _is_too_many(response) -> None:
 
 
 def test_links_share_one_budget_per_address(engine, database_url, tmp_path):
-    app = _make_app(database_url, tmp_path, RATELIMIT_LINKS="3/minute;100/hour")
+    app = make_app(database_url, tmp_path, RATELIMIT_LINKS="3/minute;100/hour")
     scanner = app.test_client()
     me = {"REMOTE_ADDR": "203.0.113.9"}
     assert scanner.get("/s/" + "A" * 32, environ_base=me).status_code == 404
@@ -342,7 +323,7 @@ def test_links_share_one_budget_per_address(engine, database_url, tmp_path):
 
 
 def test_behind_a_trusted_proxy_each_client_address_is_counted(engine, database_url, tmp_path):
-    app = _make_app(database_url, tmp_path, TRUSTED_PROXIES="1", RATELIMIT_LINKS="2/minute")
+    app = make_app(database_url, tmp_path, TRUSTED_PROXIES="1", RATELIMIT_LINKS="2/minute")
     client = app.test_client()
     proxy = {"REMOTE_ADDR": "10.0.0.1"}
 
@@ -355,7 +336,7 @@ def test_behind_a_trusted_proxy_each_client_address_is_counted(engine, database_
 
 
 def test_ipv6_clients_are_counted_by_their_64(engine, database_url, tmp_path):
-    app = _make_app(database_url, tmp_path, RATELIMIT_LINKS="2/minute")
+    app = make_app(database_url, tmp_path, RATELIMIT_LINKS="2/minute")
     client = app.test_client()
 
     def get(address: str) -> int:
@@ -371,7 +352,7 @@ def test_survey_pages_are_counted_per_respondent_not_per_address(
     engine, database_url, tmp_path, session, factory
 ):
     first, second = _morale_invitations(session, factory)
-    app = _make_app(database_url, tmp_path, RATELIMIT_SURVEY="3/minute")
+    app = make_app(database_url, tmp_path, RATELIMIT_SURVEY="3/minute")
     shared_wifi = {"REMOTE_ADDR": "198.51.100.20"}
     amara, bola = app.test_client(), app.test_client()
     assert amara.get(f"/s/{first.token}", environ_base=shared_wifi).status_code == 303
@@ -383,7 +364,7 @@ def test_survey_pages_are_counted_per_respondent_not_per_address(
 
 
 def test_a_limit_set_to_off_is_not_applied(engine, database_url, tmp_path):
-    app = _make_app(database_url, tmp_path, RATELIMIT_LINKS="off")
+    app = make_app(database_url, tmp_path, RATELIMIT_LINKS="off")
     client = app.test_client()
     assert {client.get("/s/" + "A" * 32).status_code for _ in range(40)} == {404}
 
@@ -400,28 +381,21 @@ def test_a_limit_set_to_off_is_not_applied(engine, database_url, tmp_path):
 )
 def test_a_malformed_rate_limit_setting_is_named(tmp_path, database_url, name, value):
     with pytest.raises(ConfigError, match=name):
-        _make_app(database_url, tmp_path, **{name: value})
+        make_app(database_url, tmp_path, **{name: value})
 
 
 def test_a_store_whose_client_library_is_missing_stops_start_up(tmp_path, database_url):
     if importlib.util.find_spec("pymemcache") is not None:
         pytest.skip("pymemcache is installed: a memcached store can be used")
     with pytest.raises(ConfigError, match="RATELIMIT_STORAGE_URI cannot be used"):
-        _make_app(database_url, tmp_path, RATELIMIT_STORAGE_URI="memcached://127.0.0.1:11211")
+        make_app(database_url, tmp_path, RATELIMIT_STORAGE_URI="memcached://127.0.0.1:11211")
 
 
 def test_twilio_webhooks_are_never_rate_limited(engine, database_url, tmp_path):
     everything_tight = {
         name: "1/minute" for name in ("RATELIMIT_LINKS", "RATELIMIT_SURVEY", "RATELIMIT_API")
     }
-    app = _make_app(
-        database_url,
-        tmp_path,
-        TWILIO_ACCOUNT_SID=TWILIO_SID,
-        TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
-        TWILIO_FROM_NUMBER=TWILIO_NUMBER,
-        **everything_tight,
-    )
+    app = make_app(database_url, tmp_path, **twilio_settings(), **everything_tight)
     client = app.test_client()
     url = "http://127.0.0.1:5000/twilio/status"
     statuses = []
@@ -458,7 +432,7 @@ def test_an_account_with_too_many_failures_is_refused_even_the_right_password(
     engine, database_url, tmp_path, session
 ):
     _accounts(session)
-    app = _make_app(
+    app = make_app(
         database_url,
         tmp_path,
         RATELIMIT_LOGIN_ACCOUNT="2/15 minutes",
@@ -484,7 +458,7 @@ def test_an_account_with_too_many_failures_is_refused_even_the_right_password(
 
 def test_signing_in_clears_the_accounts_failures(engine, database_url, tmp_path, session):
     _accounts(session)
-    app = _make_app(database_url, tmp_path, RATELIMIT_LOGIN_ACCOUNT="2/15 minutes")
+    app = make_app(database_url, tmp_path, RATELIMIT_LOGIN_ACCOUNT="2/15 minutes")
     for _ in range(3):
         person = app.test_client()
         assert _sign_in(person, "eval@example.org", "typo").status_code == 200
@@ -500,7 +474,7 @@ def test_an_address_with_too_many_failures_is_refused_for_every_account(
     engine, database_url, tmp_path, session
 ):
     _accounts(session)
-    app = _make_app(
+    app = make_app(
         database_url,
         tmp_path,
         RATELIMIT_LOGIN_ACCOUNT="50/15 minutes",
@@ -526,7 +500,7 @@ def test_the_api_is_limited_per_token(engine, database_url, tmp_path, session):
     first = issue_token(session, accounts["eval@example.org"])[1]
     second = issue_token(session, accounts["other@example.org"])[1]
     session.commit()
-    app = _make_app(database_url, tmp_path, RATELIMIT_API="3/minute")
+    app = make_app(database_url, tmp_path, RATELIMIT_API="3/minute")
     client = app.test_client()
     statuses = [
         client.get("/api/v1/programmes", headers=_bearer(first)).status_code for _ in range(3)
@@ -555,7 +529,7 @@ def _workers(database_url: str, tmp_path: Path, count: int = 2, **settings) -> l
     """`count` apps built from the same settings on one database, as gunicorn's workers are
     (counting in the database, as they do on PostgreSQL by default, unless told otherwise)."""
     settings = {**SHARED_COUNTS, **settings}
-    return [_make_app(database_url, tmp_path, **settings) for _ in range(count)]
+    return [make_app(database_url, tmp_path, **settings) for _ in range(count)]
 
 
 def _stored_counts(engine) -> dict[str, int]:
@@ -632,13 +606,13 @@ def test_counts_are_kept_across_a_restart_until_their_window_has_passed(
     _accounts(session)
     limits = {"RATELIMIT_LOGIN_ACCOUNT": "3/15 minutes", "RATELIMIT_LINKS": "2/hour"}
     limits.update(SHARED_COUNTS)
-    before = _make_app(database_url, tmp_path, **limits)
+    before = make_app(database_url, tmp_path, **limits)
     assert _sign_in(before.test_client(), "eval@example.org", "guess 1").status_code == 200
     assert _sign_in(before.test_client(), "eval@example.org", "guess 2").status_code == 200
     assert before.test_client().get("/u/unknown").status_code == 404
     assert before.test_client().get("/u/unknown").status_code == 404
 
-    after = _make_app(database_url, tmp_path, **limits)  # the service restarted
+    after = make_app(database_url, tmp_path, **limits)  # the service restarted
     assert _sign_in(after.test_client(), "eval@example.org", "guess 3").status_code == 200
     assert _sign_in(after.test_client(), "eval@example.org").status_code == 429
     _is_too_many(after.test_client().get("/u/unknown"))
@@ -653,7 +627,7 @@ def test_the_stored_counts_hold_no_email_address_or_phone_number(
 ):
     time_machine.move_to(MID_WINDOW, tick=True)
     _accounts(session)
-    app = _make_app(database_url, tmp_path, **SHARED_COUNTS)
+    app = make_app(database_url, tmp_path, **SHARED_COUNTS)
     here = {"REMOTE_ADDR": "198.51.100.4"}
     for who in ("Admin@Example.org", "admin@example.org", "+447700900123", "07700 900123"):
         assert _sign_in(app.test_client(), who, "guess", **here).status_code == 200
@@ -669,7 +643,7 @@ def test_the_stored_counts_hold_no_email_address_or_phone_number(
 def test_without_the_counts_table_links_still_answer_and_are_limited_in_memory(tmp_path):
     # A database not migrated yet (or unreachable): the counting falls back to this process.
     unmigrated = f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}"
-    app = _make_app(unmigrated, tmp_path, RATELIMIT_LINKS="2/hour", **SHARED_COUNTS)
+    app = make_app(unmigrated, tmp_path, RATELIMIT_LINKS="2/hour", **SHARED_COUNTS)
     client = app.test_client()
     statuses = [client.get("/s/not-a-survey-token").status_code for _ in range(2)]
     assert statuses == [404, 404]
@@ -730,13 +704,7 @@ def test_a_huge_multipart_field_is_refused(client):
 
 
 def test_ordinary_forms_and_twilio_webhooks_fit_within_the_limits(engine, database_url, tmp_path):
-    app = _make_app(
-        database_url,
-        tmp_path,
-        TWILIO_ACCOUNT_SID=TWILIO_SID,
-        TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
-        TWILIO_FROM_NUMBER=TWILIO_NUMBER,
-    )
+    app = make_app(database_url, tmp_path, **twilio_settings())
     client = app.test_client()
     # A delivery report with more fields than Twilio ever sends (media, add-ons...).
     form = {"MessageSid": "SM" + "a" * 32, "MessageStatus": "delivered"}
@@ -825,7 +793,7 @@ def test_a_javascript_url_is_never_where_sign_in_goes_next(client, session):
     page = _text(client.get("/login?next=javascript:alert(document.cookie)"))
     assert 'name="next" value="/"' in page and "javascript:" not in page
     form = {
-        "csrf_token": _csrf(page),
+        "csrf_token": csrf_token(page),
         "email": "admin@example.org",
         "password": PASSWORD,
         "next": "javascript:alert(document.cookie)",

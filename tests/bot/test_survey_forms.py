@@ -13,10 +13,9 @@ import re
 import pytest
 from sqlalchemy import event, func, select
 
-from bot import create_app
 from storage.models import Answer, Invitation, Response
 from surveys.invitations import open_wave
-from tests.support.web import csrf_token
+from tests.support.web import csrf_token, make_app
 from tests.support.web_survey import ITEMS_360, open_morale, web_answers
 
 NOW = dt.datetime.now(dt.UTC)
@@ -101,15 +100,7 @@ def test_the_token_is_exchanged_for_a_session_and_never_shown_again(client, sess
 
 
 def test_the_session_cookie_is_secure_when_served_over_https(engine, database_url, tmp_path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "k" * 20,
-            "PUBLIC_BASE_URL": "https://surveys.example.org",
-            "INSTANCE_PATH": str(tmp_path),
-        }
-    )
+    app = make_app(database_url, tmp_path, PUBLIC_BASE_URL="https://surveys.example.org")
     assert app.config["SESSION_COOKIE_SECURE"] is True
     assert app.config["SESSION_COOKIE_HTTPONLY"] is True
     assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
@@ -555,14 +546,7 @@ def test_a_session_whose_invitation_has_closed_shows_the_closed_page(client, ses
 
 
 def test_pages_on_an_unmigrated_database_are_503_not_500(tmp_path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
-            "SECRET_KEY": "k" * 20,
-            "INSTANCE_PATH": str(tmp_path),
-        }
-    )
+    app = make_app(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path)
     client = app.test_client()
     assert client.get("/").status_code == 302  # to sign in: no database needed for that
     for path in ("/s/" + "A" * 32, "/dev/phone"):

@@ -7,11 +7,10 @@ import re
 
 from sqlalchemy import select
 
-from bot import create_app
 from storage.accounts import create_account
 from storage.models import Answer, Invitation, Message
 from surveys.invitations import open_wave
-from tests.support.web import PASSWORD, make_app, sign_in
+from tests.support.web import PASSWORD, make_app, sign_in, twilio_settings
 
 
 def _fresh(session):
@@ -31,14 +30,7 @@ def test_healthz_is_ok_on_a_migrated_database(client):
 
 
 def test_healthz_is_503_on_an_unmigrated_database(tmp_path):
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}",
-            "SECRET_KEY": "k" * 20,
-            "INSTANCE_PATH": str(tmp_path),
-        }
-    )
+    app = make_app(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path)
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["database"] == "not migrated"
@@ -46,14 +38,7 @@ def test_healthz_is_503_on_an_unmigrated_database(tmp_path):
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
     url = "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1"
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": url,
-            "SECRET_KEY": "k" * 20,
-            "INSTANCE_PATH": str(tmp_path),
-        }
-    )
+    app = make_app(url, tmp_path)
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["database"] == "unreachable"
@@ -129,22 +114,15 @@ def test_every_sent_sms_fits_one_segment(client, session, factory, app):
     assert sum(bool(re.search(r"/s/[A-Za-z0-9_-]{32}", b)) for b in bodies) == 2
 
 
-TWILIO = {
-    "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
-    "TWILIO_AUTH_TOKEN": "t",
-    "TWILIO_FROM_NUMBER": "+447700900001",
-}
-
-
 def test_dev_pages_do_not_exist_when_real_providers_are_configured(tmp_path, database_url):
     smtp = {"SMTP_HOST": "127.0.0.1", "MAIL_FROM": "surveys@example.org"}
-    client = make_app(database_url, tmp_path, **TWILIO, **smtp).test_client()
+    client = make_app(database_url, tmp_path, **twilio_settings(), **smtp).test_client()
     assert client.get("/dev/phone").status_code == 404
     assert client.get("/dev/mailbox").status_code == 404
 
 
 def test_dev_mailbox_stays_while_only_twilio_is_configured(tmp_path, database_url):
-    client = make_app(database_url, tmp_path, **TWILIO).test_client()
+    client = make_app(database_url, tmp_path, **twilio_settings()).test_client()
     assert client.get("/dev/phone").status_code == 404
     assert client.get("/dev/mailbox").status_code == 200
 

@@ -14,6 +14,7 @@ from storage.accounts import create_account
 from storage.models import Person, Programme, utcnow
 from tests.support import browser as support
 from tests.support.browser import SERIOUS, axe_report, axe_scan, expect, new_page, screenshot
+from tests.support.web import PASSWORD
 
 pytestmark = pytest.mark.browser
 
@@ -21,7 +22,6 @@ browser = support.browser
 live_site = support.live_site
 
 KEY = "nwl-leadership-2027"
-PASSWORD = "correct horse battery"
 
 
 def _sign_in(page, live_site, email: str) -> None:

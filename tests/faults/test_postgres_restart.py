@@ -23,20 +23,21 @@ from dataclasses import dataclass, field
 
 import pytest
 import requests
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from bot import create_app
 from bot.dispatch import Backoff, DispatcherOptions, run_dispatcher
 from storage import db as storage_db
 from storage.models import Answer, Base, Invitation, Message, OutboxItem, Person, Response
 from surveys.invitations import open_wave, set_status
 from surveys.outbox import enqueue
 from surveys.sms_inbox import opening
-from tests.conftest import TWILIO_NUMBER, TWILIO_SID, TWILIO_TOKEN, Factory
+from tests.conftest import Factory
+from tests.support.bulk import insert_care_workers, insert_pending_invitations
 from tests.support.postgres_server import PostgresUnavailable, ThrowawayPostgres
 from tests.support.send_window import daytime_zone
+from tests.support.web import make_app, twilio_settings
 
 pytestmark = pytest.mark.slow
 
@@ -83,19 +84,14 @@ def own_db(own_postgres: ThrowawayPostgres) -> Iterator[Session]:
 
 
 def _app(server: ThrowawayPostgres, twilio_fake, tmp_path, port: int, **extra):
-    config = {
-        "TESTING": True,
-        "DATABASE_URL": server.url,
-        "SECRET_KEY": "test-secret-key-for-the-suite",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "INSTANCE_PATH": str(tmp_path / "instance"),
-        "TWILIO_ACCOUNT_SID": TWILIO_SID,
-        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-        "TWILIO_FROM_NUMBER": TWILIO_NUMBER,
-        "TWILIO_API_BASE_URL": twilio_fake.base_url,
-    }
-    config.update(extra)
-    return create_app(config)
+    return make_app(
+        server.url,
+        tmp_path,
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        **twilio_settings(),
+        TWILIO_API_BASE_URL=twilio_fake.base_url,
+        **extra,
+    )
 
 
 def _free_port() -> int:
@@ -242,40 +238,9 @@ def _queued_texts(session: Session, count: int) -> None:
     wave.opened_at = NOW
     wave.instruments[0].sms_mode = "link"  # one text each, no conversation to wait for
     session.flush()
-    session.execute(
-        insert(Person),
-        [
-            {
-                "given_name": f"Bulk{i}",
-                "family_name": "Test",
-                "role": "care_worker",
-                "care_home_id": home.id,
-                "mobile": f"+447700{100000 + i:06d}",
-                "language": "en",
-                "active_from": dt.date(2020, 1, 1),
-                "created_at": NOW,
-                "updated_at": NOW,
-            }
-            for i in range(count)
-        ],
-    )
-    people = session.scalars(select(Person.id).where(Person.care_home_id == home.id)).all()
-    session.execute(
-        insert(Invitation),
-        [
-            {
-                "wave_id": wave.id,
-                "instrument_version_id": wave.instruments[0].instrument_version_id,
-                "person_id": person_id,
-                "channel": "sms",
-                "token": secrets.token_urlsafe(24),
-                "status": "pending",
-                "created_at": NOW,
-                "status_changed_at": NOW,
-            }
-            for person_id in people
-        ],
-    )
+    people = insert_care_workers(session, home.id, count, NOW)
+    version = wave.instruments[0].instrument_version_id
+    insert_pending_invitations(session, wave.id, version, people, NOW)
     for invitation in session.scalars(select(Invitation)):
         enqueue(session, invitation, "invitation", not_before=NOW)
     session.commit()

@@ -17,7 +17,6 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from bot import create_app
 from bot.dispatch import Backoff, DispatchReport, Pacer, dispatch_once
 from bot.outbound import Outbound
 from bot.transports import DevPhone, SmtpMail
@@ -27,6 +26,7 @@ from surveys.invitations import open_wave
 from surveys.outbox import enqueue
 from tests.support.send_window import daytime_zone
 from tests.support.smtp_server import FakeSmtp
+from tests.support.web import make_app
 
 NOW = dt.datetime.now(dt.UTC)
 MANAGERS = 30
@@ -56,17 +56,8 @@ def _queued_invitations(session, factory) -> list[Person]:
 
 
 def _outbound(database_url: str, tmp_path, port: int) -> Outbound:
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-suite",
-            "PUBLIC_BASE_URL": "http://127.0.0.1:5000",
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(port),
-            "MAIL_FROM": MAIL_FROM,
-        }
+    app = make_app(
+        database_url, tmp_path, SMTP_HOST="127.0.0.1", SMTP_PORT=str(port), MAIL_FROM=MAIL_FROM
     )
     settings = app.config["CAREPULSE"]
     # Two quick tries inside each send; the outbox's backoff does the longer waiting.

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from reports.disclosure import SUPPRESSED
 from reports.frames import answers_frame, items_frame
 from reports.prepost import PREPOST_COLUMNS, hedges_g, holm, prepost, wilcoxon_p
-from storage.models import Invitation, Wave, WaveInstrument
+from storage.models import Invitation
 from surveys.answers import record_answer
 from surveys.invitations import open_wave
 from tests.support.frames import answers_of, items_of
@@ -315,36 +315,17 @@ def test_pre_and_post_must_differ():
         prepost(_answers([]), MORALE, "baseline", "baseline", threshold=5)
 
 
-def _end_wave(session, baseline):
-    """A second wave of the cohort asking what the baseline asked."""
-    end = Wave(
-        cohort=baseline.cohort,
-        key="end",
-        kind="end",
-        name="End",
-        opens_at=baseline.opens_at + dt.timedelta(days=180),
-        closes_at=baseline.closes_at + dt.timedelta(days=180),
-    )
-    for asked in baseline.instruments:
-        end.instruments.append(
-            WaveInstrument(
-                instrument_version=asked.instrument_version,
-                audience=asked.audience,
-                channel=asked.channel,
-            )
-        )
-    session.add(end)
-    session.flush()
-    return end
-
-
 def test_prepost_on_the_stored_answers_of_a_programme(session, factory):
     homes = [factory.home() for _ in range(6)]
     managers = [factory.person(home, role="manager") for home in homes]
     programme, baseline = factory.programme(
         homes, [("manager_self_report", {"roles": ["manager"]}, None)]
     )
-    end = _end_wave(session, baseline)
+    end = factory.later_wave(
+        baseline,
+        opens=baseline.opens_at + dt.timedelta(days=180),
+        closes=baseline.closes_at + dt.timedelta(days=180),
+    )
     stress = {"baseline": [5, 4, 5, 5, 4, 5], "end": [3, 2, 4, 3, 3, 2]}
     for wave in (baseline, end):
         open_wave(session, wave, wave.opens_at)

@@ -27,7 +27,6 @@ from storage.models import (
     OutboxItem,
     Person,
     Wave,
-    WaveInstrument,
 )
 from storage.privacy import (
     ERASED_NAME,
@@ -62,29 +61,6 @@ AUDIENCE_360 = {
 }
 
 
-def _with_end_wave(session, baseline: Wave) -> Wave:
-    """The baseline's twin six months later, asking the same instrument versions."""
-    end = Wave(
-        cohort=baseline.cohort,
-        key="end",
-        kind="end",
-        name="End",
-        opens_at=END_OPENS,
-        closes_at=END_OPENS + dt.timedelta(days=14),
-    )
-    for item in baseline.instruments:
-        end.instruments.append(
-            WaveInstrument(
-                instrument_version_id=item.instrument_version_id,
-                audience=item.audience,
-                channel=item.channel,
-            )
-        )
-    session.add(end)
-    session.flush()
-    return end
-
-
 def _run_wave(session, wave: Wave, answers: dict[int, int | None]) -> None:
     """Open the wave, send everything, record each person's morale (None: no answer), close."""
     open_wave(session, wave, wave.opens_at)
@@ -116,7 +92,7 @@ def morale(session, factory):
     programme, baseline = factory.programme(
         [home], [("staff_morale", {"roles": ["care_worker"]}, "sms")], opens=OPENS
     )
-    end = _with_end_wave(session, baseline)
+    end = factory.later_wave(baseline, opens=END_OPENS)  # six months on, asking the same
     everyone = [zebedee, *others]
     _run_wave(
         session,

@@ -134,20 +134,12 @@ def live_site(engine: Any, database_url: str, tmp_path: Path) -> Iterator[LiveSi
     mailbox), served by a threaded werkzeug server on a free loopback port."""
     from werkzeug.serving import make_server
 
-    from bot import create_app
+    from tests.support.web import make_app
 
     # Port 0: the system picks a free port, and nothing else can take it before we serve.
     server = make_server("127.0.0.1", 0, _not_ready, threaded=True)
     url = f"http://127.0.0.1:{server.server_port}"
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret-key-for-the-browser-tests",
-            "PUBLIC_BASE_URL": url,
-            "INSTANCE_PATH": str(tmp_path / "instance"),
-        }
-    )
+    app = make_app(database_url, tmp_path, PUBLIC_BASE_URL=url)
     server.app = app
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
