@@ -77,7 +77,11 @@ _MEMBERS = "_members"
 
 
 def response_rates(
-    invitations: pd.DataFrame, by: Sequence[str], threshold: int, *, totals: bool = True
+    invitations: pd.DataFrame,
+    by: Sequence[str],
+    threshold: int,
+    *,
+    totals: bool | None = None,
 ) -> pd.DataFrame:
     """Funnel, dispositions and rates per group of `by`, with disclosure control applied.
 
@@ -87,12 +91,16 @@ def response_rates(
     `RESPONSE_RATE_COLUMNS`. Rows are sorted by group, each parent's "All" row (when
     `totals`) last. Numbers are unrounded.
 
-    With `totals=False` the parents' totals are taken to be published nowhere (a lone
-    small row is then suppressed without a complementary one): never show them elsewhere.
+    `totals` defaults to "unless the last `by` column is in `NOT_SUMMED`": no total across
+    instruments or waves. Without totals, the parents' totals are taken to be published
+    nowhere (a lone small row is then suppressed without a complementary one): never show
+    them elsewhere.
     """
     by = list(by)
     if not by:
         raise ValueError("response_rates needs at least one column to group by")
+    if totals is None:
+        totals = by[-1] not in NOT_SUMMED
     cases = invitations if "disposition" in invitations else dispositions(invitations)
     if cases.empty:
         return pd.DataFrame(columns=[*by, *RESPONSE_RATE_COLUMNS])

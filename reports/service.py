@@ -26,7 +26,7 @@ from reports.frames import (
     items_frame,
     min_raters,
 )
-from reports.response_rates import NOT_SUMMED, response_rates
+from reports.response_rates import response_rates
 from storage.models import Cohort, Programme, Wave
 
 DECIMALS = 3
@@ -156,12 +156,8 @@ def build_report(session: Session, request: ReportRequest) -> Report:
 
     tables: dict[str, pd.DataFrame] = {}
     for table_name, by in RESPONSE_RATE_VIEWS.items():
-        # No total across instruments: AAPOR rates are per questionnaire, and such a total
-        # would add up invitations to different surveys. Without it, a small instrument
-        # (three managers' self-reports) no longer forces another (staff morale) in the
-        # same wave to be suppressed so that it cannot be worked out from the total.
-        totals = by[-1] not in NOT_SUMMED
-        tables[table_name] = response_rates(invitations, by, threshold, totals=totals)
+        # "response_rates" (wave x instrument) has no "All" row: instruments are not summed.
+        tables[table_name] = response_rates(invitations, by, threshold)
     scored = scales.score(answers, items)
     if pre and post:
         tables["prepost"] = prepost.prepost(answers, items, pre, post, threshold)

@@ -138,7 +138,8 @@ def test_people_who_appear_in_several_rows_are_counted_once_between_them():
     ]
     staff = [_row(100 + p, 100 + p, "Ash House", "complete") for p in range(10)]
     frame = pd.DataFrame(managers + staff)
-    table = rows_by(response_rates(frame, ["wave", "instrument"], 5), "instrument")
+    summed = response_rates(frame, ["wave", "instrument"], 5, totals=True)
+    table = rows_by(summed, "instrument")
     assert table["manager_self_report"]["invited"] == SUPPRESSED
     assert table["appraisal_360"]["invited"] == SUPPRESSED
     assert table["staff_morale"]["invited"] == SUPPRESSED
